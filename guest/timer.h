@@ -1,0 +1,13 @@
+/* timer.h: TSC time base calibrated against the PIT; deadlines for bounded waits. */
+#ifndef TIMER_H
+#define TIMER_H
+#include <stdint.h>
+
+extern uint64_t tsc_per_ms;	/* TSC ticks per millisecond, set by timer_calibrate() */
+
+void timer_calibrate(void);
+uint64_t deadline_after_us(uint64_t us);
+int deadline_passed(uint64_t deadline);
+void udelay(uint64_t us);
+
+#endif

@@ -1,0 +1,251 @@
+"""A GDB/MI session: commands matched to replies by token, every wait bounded.
+
+pygdbmi parses the records; reading and matching are ours (pygdbmi's own reader waits
+0.2 s for "more output" on every command).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from pygdbmi import gdbmiparser
+
+from harness import procs
+from harness.errors import GdbError, HarnessTimeout
+
+log = logging.getLogger(__name__)
+
+GDB_START_TIMEOUT = 10.0  # s, for GDB to load the kernel's symbols and answer
+MI_TIMEOUT = 5.0  # s, for a plain MI command
+GDB_EXIT_TIMEOUT = 3.0  # s, for GDB to exit after -gdb-exit
+POLL_SLICE = 0.05  # s, how often a long wait also checks the `alive` callback
+
+
+@dataclass(frozen=True)
+class MiRecord:
+    """One parsed MI output record."""
+
+    kind: str  # result, notify, console, log, target, output
+    message: str | None  # done/error/running/connected for results; stopped/running/... for notify
+    payload: Any
+    token: int | None
+
+    @classmethod
+    def parse(cls, line: str) -> MiRecord:
+        r = gdbmiparser.parse_response(line)
+        return cls(kind=r["type"], message=r.get("message"), payload=r.get("payload"), token=r.get("token"))
+
+
+@dataclass
+class MiResult:
+    """The result record answering one command, with the stream output that preceded it."""
+
+    message: str
+    payload: dict[str, Any]
+    console: list[str] = field(default_factory=list)
+
+
+class GdbMi:
+    """One GDB process speaking MI3 over pipes."""
+
+    def __init__(self, gdb: str, kernel: Path, log_path: Path, cmdline_path: Path | None = None,
+                 artifacts: Sequence[Path] = ()) -> None:
+        self.argv = [gdb, "--nx", "--quiet", "--interpreter=mi3", str(kernel)]
+        self.log_path = log_path
+        self.cmdline_path = cmdline_path
+        self.artifacts = tuple(artifacts) or (log_path,)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[str] | None = None
+        self._buf = b""
+        self._token = 0
+        self._async: collections.deque[MiRecord] = collections.deque()
+        self._t0 = time.monotonic()
+
+    # --- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        self._log = open(self.log_path, "a", buffering=1)
+        if self.cmdline_path is not None:
+            self.cmdline_path.write_text(" ".join(self.argv) + "\n")
+        try:
+            self.proc = procs.spawn(self.argv, name="gdb", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT)
+        except FileNotFoundError:
+            raise GdbError(f"{self.argv[0]} not found; run `make deps` (package gdb)") from None
+        assert self.proc.stdout is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        # GDB prints a prompt "(gdb)" once ready; a tokened no-op proves it answers.
+        self.command("-gdb-version", timeout=GDB_START_TIMEOUT)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def close(self) -> None:
+        """Ask GDB to exit, wait a bounded time, then kill it. Safe to call twice."""
+        proc = self.proc
+        if proc is not None:
+            if proc.poll() is None:
+                with contextlib.suppress(OSError, ValueError):
+                    self._send("-gdb-exit")
+            procs.reap(proc, GDB_EXIT_TIMEOUT)
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            procs.kill(self.proc)
+
+    def interrupt(self) -> None:
+        """SIGINT to GDB: stops the target, and aborts an inferior call (unwindonsignal)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGINT)
+
+    # --- I/O ---------------------------------------------------------------------------
+    def _note(self, direction: str, text: str) -> None:
+        if self._log is not None:
+            self._log.write(f"{time.monotonic() - self._t0:10.6f} {direction} {text}\n")
+
+    def _send(self, line: str) -> None:
+        if self.proc is None or self.proc.stdin is None:
+            raise GdbError("GDB is not running", artifacts=self.artifacts)
+        self._note(">>", line)
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise GdbError(f"GDB died (exit status {self.proc.poll()}) before taking {line!r}",
+                           artifacts=self.artifacts) from None
+
+    def _read_lines(self, timeout: float) -> list[str]:
+        """Whatever complete lines arrive within timeout (possibly none)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        ready, _, _ = select.select([fd], [], [], max(timeout, 0.0))
+        if ready:
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                chunk = b""
+            if not chunk:
+                code = self.proc.wait(timeout=GDB_EXIT_TIMEOUT)
+                procs.LIVE_CHILDREN.pop(self.proc.pid, None)
+                raise GdbError(f"GDB exited unexpectedly (exit status {code})", artifacts=self.artifacts)
+            self._buf += chunk
+        if b"\n" not in self._buf:
+            return []
+        *lines, self._buf = self._buf.split(b"\n")
+        out = []
+        for raw in lines:
+            text = raw.decode(errors="replace").rstrip("\r")
+            if text and text != "(gdb) ":
+                self._note("<<", text)
+                out.append(text)
+        return out
+
+    def _pump(self, until: Callable[[MiRecord], bool], timeout: float, what: str,
+              alive: Callable[[], None] | None = None) -> tuple[MiRecord, list[str]]:
+        """Read records until `until` accepts one; others are queued (async) or collected."""
+        deadline = time.monotonic() + timeout
+        console: list[str] = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise HarnessTimeout(f"GDB gave no {what} within {timeout:.1f} s", artifacts=self.artifacts)
+            for line in self._read_lines(min(remaining, POLL_SLICE) if alive else remaining):
+                rec = MiRecord.parse(line)
+                if until(rec):
+                    return rec, console
+                if rec.kind in ("console", "log", "target") and isinstance(rec.payload, str):
+                    console.append(rec.payload)
+                elif rec.kind == "notify" or (rec.kind == "result" and rec.token is None):
+                    self._async.append(rec)
+            if alive is not None:
+                alive()
+
+    def command(self, cmd: str, timeout: float = MI_TIMEOUT, alive: Callable[[], None] | None = None,
+                interrupt_on_timeout: bool = False) -> MiResult:
+        """Send one MI (or CLI) command and wait for its own result record.
+
+        With interrupt_on_timeout, a command still running at the deadline (a guest call that
+        never returns) is interrupted with SIGINT; GDB unwinds the call and we raise HarnessTimeout.
+        """
+        self._token += 1
+        token = self._token
+        self._send(f"{token}{cmd}")
+
+        def mine(r: MiRecord) -> bool:
+            return r.kind == "result" and r.token == token
+
+        try:
+            rec, console = self._pump(mine, timeout, f"answer to {cmd!r}", alive)
+        except HarnessTimeout:
+            if not interrupt_on_timeout:
+                raise
+            self.interrupt()
+            try:
+                rec, _ = self._pump(mine, MI_TIMEOUT, f"answer to {cmd!r} after SIGINT", alive)
+                said = rec.payload.get("msg", rec.message) if isinstance(rec.payload, dict) else rec.message
+            except HarnessTimeout:
+                said = "no answer: GDB did not recover"
+            raise HarnessTimeout(f"{cmd!r} did not finish within {timeout:.1f} s; interrupted ({said})",
+                                 artifacts=self.artifacts) from None
+        payload = rec.payload if isinstance(rec.payload, dict) else {}
+        if rec.message == "error":
+            msg = payload.get("msg", "unknown error")
+            raise GdbError(f"GDB refused {cmd!r}: {msg}", artifacts=self.artifacts)
+        return MiResult(message=rec.message or "", payload=payload, console=console)
+
+    def wait_async(self, match: Callable[[MiRecord], bool], timeout: float, what: str,
+                   alive: Callable[[], None] | None = None) -> MiRecord:
+        """Wait for an async record (e.g. *stopped) that match accepts; earlier ones are dropped."""
+        while self._async:
+            rec = self._async.popleft()
+            if match(rec):
+                return rec
+        rec, _ = self._pump(match, timeout, what, alive)
+        return rec
+
+    def discard_async(self) -> None:
+        self._async.clear()
+
+    def evaluate(self, expr: str, timeout: float = MI_TIMEOUT, alive: Callable[[], None] | None = None,
+                 interrupt_on_timeout: bool = False) -> str:
+        """-data-evaluate-expression; returns GDB's printed value."""
+        quoted = expr.replace("\\", "\\\\").replace('"', '\\"')
+        res = self.command(f'-data-evaluate-expression "{quoted}"', timeout, alive, interrupt_on_timeout)
+        return str(res.payload.get("value", ""))
+
+    def read_memory(self, addr: int, length: int, timeout: float = MI_TIMEOUT) -> bytes:
+        res = self.command(f"-data-read-memory-bytes {addr:#x} {length}", timeout)
+        blocks = res.payload.get("memory") or []
+        data = b"".join(bytes.fromhex(b["contents"]) for b in blocks)
+        if len(data) != length:
+            raise GdbError(f"GDB returned {len(data)} of {length} bytes at {addr:#x}", artifacts=self.artifacts)
+        return data
+
+    def write_memory(self, addr: int, data: bytes, timeout: float = MI_TIMEOUT) -> None:
+        self.command(f"-data-write-memory-bytes {addr:#x} {data.hex()}", timeout)
+
+
+def is_stopped(rec: MiRecord) -> bool:
+    return rec.kind == "notify" and rec.message == "stopped"

@@ -1,0 +1,285 @@
+"""The Machine: one QEMU and one GDB joined, parked at harness_ready, ready for calls."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from harness.ata import Ata
+from harness.disk import DiskImage
+from harness.errors import GdbError, HarnessError, HarnessTimeout
+from harness.gdbmi import GdbMi, MiRecord, is_stopped
+from harness.paths import find_kernel
+from harness.qemu import QemuConfig, QemuPaths, QemuProcess
+
+log = logging.getLogger(__name__)
+
+BOOT_TIMEOUT = 15.0  # s, from `continue` to the stop at harness_ready (firmware + driver init)
+CALL_TIMEOUT = 60.0  # s, for one driver call (a 32 MiB PIO transfer included)
+PARK_SYMBOL = "harness_ready"
+ERROR_RECORD_SIZE = 40  # sizeof(struct ata_error_record), checked against the kernel at boot
+SHM_ROOT = Path("/dev/shm")
+DATA_PATHS = ("shm", "gdb")
+
+
+def _private_dir() -> Path:
+    """A fresh 0700 directory for sockets and guest RAM; on tmpfs where there is one."""
+    root = SHM_ROOT if SHM_ROOT.is_dir() and os.access(SHM_ROOT, os.W_OK) else None
+    path = Path(tempfile.mkdtemp(prefix="piix3-", dir=root))
+    path.chmod(0o700)
+    return path
+
+
+def _disk_map(disks: Sequence[DiskImage] | Mapping[int, DiskImage] | None) -> dict[int, DiskImage]:
+    if disks is None:
+        return {}
+    if isinstance(disks, Mapping):
+        return dict(disks)
+    if len(disks) > 4:
+        raise HarnessError(f"{len(disks)} disks given; the PIIX3 has 4 drive positions (0..3)")
+    return dict(enumerate(disks))
+
+
+class Machine:
+    """QEMU (pc, PIIX3 IDE) running the guest kernel, with GDB stopped at harness_ready.
+
+    `with Machine(disks=[disk]) as m:` boots; `m.ata` calls the driver; `m.reset()`,
+    `m.power_cycle()` and `m.crash()` reboot in three ways. Logs go to `m.artifacts`.
+    """
+
+    def __init__(
+        self,
+        disks: Sequence[DiskImage] | Mapping[int, DiskImage] | None = None,
+        *,
+        firmware: str = "seabios",
+        kernel: str | os.PathLike[str] | None = None,
+        memory_mib: int = 128,
+        artifacts_dir: str | os.PathLike[str] | None = None,
+        keep_artifacts: bool | None = None,
+        call_timeout: float = CALL_TIMEOUT,
+        boot_timeout: float = BOOT_TIMEOUT,
+        data_path: str = "shm",
+        gdb: str = "gdb",
+        extra_qemu_args: Sequence[str] = (),
+    ) -> None:
+        if data_path not in DATA_PATHS:
+            raise HarnessError(f"unknown data_path {data_path!r}; use one of {', '.join(DATA_PATHS)}")
+        self.config = QemuConfig(kernel=find_kernel(kernel), disks=_disk_map(disks), firmware=firmware,
+                                 memory_mib=memory_mib, extra_args=tuple(extra_qemu_args))
+        self.call_timeout = call_timeout
+        self.boot_timeout = boot_timeout
+        self.data_path = data_path
+        self.keep_artifacts = keep_artifacts
+        self._gdb_binary = gdb
+        self._artifacts_arg = Path(artifacts_dir).absolute() if artifacts_dir is not None else None
+        self.rundir: Path | None = None
+        self.artifacts: Path | None = None
+        self.qemu: QemuProcess | None = None
+        self.gdb: GdbMi | None = None
+        self.ata = Ata(self)
+        self.boots = 0
+        self.failed = False
+        self._ram: mmap.mmap | None = None
+        self._symbols: dict[str, int] = {}
+
+    # --- context management ----------------------------------------------------------
+    def __enter__(self) -> Machine:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close(failed=exc is not None)
+
+    def start(self) -> None:
+        """Boot to the park point; on any failure everything started is torn down."""
+        self.rundir = _private_dir()
+        self.artifacts = self._artifacts_arg or self.rundir / "artifacts"
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        try:
+            self._boot()
+        except BaseException:
+            self.close(failed=True)
+            raise
+
+    def close(self, failed: bool = False) -> None:
+        """Stop GDB and QEMU (bounded), remove sockets and RAM; keep logs if asked or failed."""
+        self.failed = self.failed or failed
+        self._halt(clean=True)
+        if self.rundir is None:
+            return
+        keep = self.keep_artifacts if self.keep_artifacts is not None else self.failed
+        inside = self.artifacts is not None and self.artifacts.is_relative_to(self.rundir)
+        if keep and inside:
+            for p in self.rundir.iterdir():
+                if p != self.artifacts:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+            log.warning("machine artifacts kept in %s", self.artifacts)
+        else:
+            shutil.rmtree(self.rundir, ignore_errors=True)
+            if not keep and self.artifacts is not None and not inside:
+                pass  # a caller-chosen directory is the caller's to clean
+        self.rundir = None
+
+    # --- artifacts -------------------------------------------------------------------
+    def _path(self, name: str) -> Path:
+        assert self.artifacts is not None, "machine not started"
+        return self.artifacts / name
+
+    def artifact_files(self) -> list[Path]:
+        return [self._path(n) for n in ("serial.log", "qemu.log", "gdb-mi.log")]
+
+    def serial_text(self) -> str:
+        with contextlib.suppress(FileNotFoundError):
+            return self._path("serial.log").read_text(errors="replace")
+        return ""
+
+    # --- boot ------------------------------------------------------------------------
+    def _qemu_paths(self) -> QemuPaths:
+        assert self.rundir is not None
+        return QemuPaths(qmp_socket=self.rundir / "qmp.sock", gdb_socket=self.rundir / "gdb.sock",
+                         ram_file=self.rundir / "ram", serial_log=self._path("serial.log"),
+                         qemu_log=self._path("qemu.log"), cmdline=self._path("qemu.cmdline"))
+
+    def _boot(self) -> None:
+        """Start a fresh QEMU (paused) and GDB, run to harness_ready."""
+        paths = self._qemu_paths()
+        with contextlib.suppress(FileNotFoundError):
+            paths.ram_file.unlink()  # a cold boot starts from fresh RAM
+        t0 = time.perf_counter()
+        self.qemu = QemuProcess(self.config, paths)
+        self.qemu.start()
+        self.gdb = GdbMi(self._gdb_binary, self.config.kernel, self._path("gdb-mi.log"),
+                         self._path("gdb.cmdline"), artifacts=self.artifact_files())
+        self.gdb.start()
+        for setting in ("mi-async on", "confirm off", "pagination off", "width 0", "unwindonsignal on"):
+            self.gdb.command(f"-gdb-set {setting}")
+        self.gdb.command(f"-target-select remote {paths.gdb_socket}", alive=self.qemu.check_alive)
+        # The first stop after connecting is QEMU's reset vector: not ours to report.
+        self.gdb.wait_async(is_stopped, self.boot_timeout, "stop after connecting", self.qemu.check_alive)
+        self.gdb.command(f"-break-insert {PARK_SYMBOL}")
+        self._continue_to_park()
+        if self.data_path == "shm":
+            fd = os.open(paths.ram_file, os.O_RDWR)
+            try:
+                self._ram = mmap.mmap(fd, self.config.memory_mib << 20, mmap.MAP_SHARED)
+            finally:
+                os.close(fd)
+        self._resolve_symbols()
+        self.boots += 1
+        log.debug("booted to %s in %.1f ms", PARK_SYMBOL, (time.perf_counter() - t0) * 1e3)
+
+    def _continue_to_park(self) -> None:
+        assert self.gdb is not None and self.qemu is not None
+        self.gdb.discard_async()
+        self.gdb.command("-exec-continue", alive=self.qemu.check_alive)
+        rec = self.gdb.wait_async(is_stopped, self.boot_timeout, f"stop at {PARK_SYMBOL}", self.qemu.check_alive)
+        self._check_parked(rec)
+
+    def _check_parked(self, rec: MiRecord) -> None:
+        payload = rec.payload if isinstance(rec.payload, dict) else {}
+        frame = payload.get("frame") or {}
+        if payload.get("reason") != "breakpoint-hit" or frame.get("func") != PARK_SYMBOL:
+            where = f"{frame.get('func', '?')} at {frame.get('addr', '?')}"
+            raise GdbError(f"guest stopped in {where} ({payload.get('reason', 'no reason')}) instead of "
+                           f"{PARK_SYMBOL}; serial log tail: {self.serial_text()[-300:]!r}",
+                           artifacts=self.artifact_files())
+
+    def _resolve_symbols(self) -> None:
+        if self._symbols:
+            return
+        for name, expr in (("xfer_buf", "(unsigned)harness_xfer_buf"), ("xfer_size", "harness_xfer_size"),
+                           ("last_error", "(unsigned)&ata_last_error"),
+                           ("last_error_size", "sizeof(ata_last_error)"), ("init", "harness_init_status")):
+            self._symbols[name] = self.evaluate_int(expr)
+        if self._symbols["last_error_size"] != ERROR_RECORD_SIZE:
+            raise GdbError(f"struct ata_error_record is {self._symbols['last_error_size']} bytes in the kernel, "
+                           f"the harness expects {ERROR_RECORD_SIZE}: rebuild with `make guest`")
+
+    def symbol(self, name: str) -> int:
+        return self._symbols[name]
+
+    # --- calls and memory ------------------------------------------------------------
+    def _live(self) -> tuple[GdbMi, QemuProcess]:
+        if self.gdb is None or self.qemu is None:
+            raise HarnessError("the machine is not running (use it inside `with Machine(...)`)")
+        return self.gdb, self.qemu
+
+    def evaluate_int(self, expr: str, timeout: float | None = None) -> int:
+        """Evaluate a C expression in the guest (function calls included) as an integer."""
+        gdb, qemu = self._live()
+        value = gdb.evaluate(expr, timeout or self.call_timeout, qemu.check_alive,
+                             interrupt_on_timeout=True)
+        try:
+            return int(value.split()[0], 0)
+        except (ValueError, IndexError):
+            raise GdbError(f"{expr!r} gave {value!r}, not an integer", artifacts=self.artifact_files()) from None
+
+    def call(self, function: str, *args: int, timeout: float | None = None) -> int:
+        """Call a guest C function with integer arguments; returns its int result."""
+        return self.evaluate_int(f"{function}({', '.join(str(a) for a in args)})", timeout)
+
+    def read_memory(self, addr: int, length: int) -> bytes:
+        if self._ram is not None:
+            return self._ram[addr : addr + length]
+        gdb, _ = self._live()
+        return gdb.read_memory(addr, length)
+
+    def write_memory(self, addr: int, data: bytes) -> None:
+        if self._ram is not None:
+            self._ram[addr : addr + len(data)] = data
+            return
+        gdb, _ = self._live()
+        gdb.write_memory(addr, data)
+
+    # --- the three reboots -------------------------------------------------------------
+    def reset(self) -> None:
+        """Warm reset: QMP system_reset, then run to harness_ready again (same QEMU, same RAM file)."""
+        gdb, qemu = self._live()
+        qemu.command("system_reset")
+        gdb.command("maint flush register-cache")
+        self._continue_to_park()
+
+    def power_cycle(self) -> None:
+        """Cold: QEMU quits cleanly (flushing its caches), a new QEMU boots the same images."""
+        self._live()
+        self._halt(clean=True)
+        self._boot()
+
+    def crash(self) -> None:
+        """SIGKILL QEMU as if the host lost it, then a new QEMU boots the same images."""
+        self._live()
+        self._halt(clean=False)
+        self._boot()
+
+    def _halt(self, clean: bool) -> None:
+        if self._ram is not None:
+            self._ram.close()
+            self._ram = None
+        if self.qemu is not None:
+            if clean:
+                self.qemu.quit()
+            else:
+                self.qemu.kill()
+            self.qemu = None
+        if self.gdb is not None:
+            self.gdb.close()
+            self.gdb = None
+        if self.rundir is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (self.rundir / "ram").unlink()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p for p in (self.qemu and self.qemu.pid, self.gdb and self.gdb.pid) if p]
+
+

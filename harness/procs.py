@@ -1,0 +1,74 @@
+"""Starting and reaping the processes the harness owns (QEMU, GDB).
+
+Every child runs in a session of its own, so a terminal's Ctrl-C reaches only Python, which
+then tears the children down; and it gets SIGKILL from the kernel if the harness dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_libc: Any = None
+# pids this Python process started and has not yet reaped (for leak checks)
+LIVE_CHILDREN: dict[int, str] = {}
+STARTED_CHILDREN: list[int] = []
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def spawn(argv: Sequence[str], *, name: str, stdin: int | IO[Any] | None = subprocess.DEVNULL,
+          stdout: int | IO[Any] | None = None, stderr: int | IO[Any] | None = None,
+          ) -> subprocess.Popen[bytes]:
+    """Start argv in its own session, to die with us; remember it until reaped."""
+    global _libc
+    if _libc is None:
+        with contextlib.suppress(OSError):
+            _libc = ctypes.CDLL(None, use_errno=True)
+    log.debug("starting %s: %s", name, " ".join(argv))
+    proc = subprocess.Popen(list(argv), stdin=stdin, stdout=stdout, stderr=stderr,
+                            start_new_session=True, preexec_fn=_die_with_parent, close_fds=True)
+    LIVE_CHILDREN[proc.pid] = name
+    STARTED_CHILDREN.append(proc.pid)
+    return proc
+
+
+def reap(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Wait up to timeout for proc to exit by itself, then SIGKILL it; returns its exit status."""
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("pid %d did not exit within %.1f s; killing it", proc.pid, timeout)
+        kill(proc)
+        code = proc.wait()
+    LIVE_CHILDREN.pop(proc.pid, None)
+    return code
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL proc (by pid, never by name); a process already gone is fine."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")

@@ -1,0 +1,187 @@
+"""The QEMU process: its configuration, command line, QMP connection and shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from harness import procs
+from harness.disk import DiskImage
+from harness.errors import QemuError
+
+log = logging.getLogger(__name__)
+
+QEMU_BINARY = "qemu-system-i386"
+QMP_ACCEPT_TIMEOUT = 10.0  # s, for a fresh QEMU to connect to our QMP socket
+QMP_COMMAND_TIMEOUT = 10.0  # s, for one QMP command
+QEMU_QUIT_TIMEOUT = 5.0  # s, for QEMU to exit after `quit`
+FIRMWARE = {"seabios": None, "qboot": "/usr/share/qemu/qboot.rom"}
+MAX_DRIVES = 4
+
+
+@dataclass(frozen=True)
+class QemuConfig:
+    """What to start: kernel, drives, firmware, memory. Kept apart from the live process."""
+
+    kernel: Path
+    disks: Mapping[int, DiskImage] = field(default_factory=dict)
+    firmware: str = "seabios"
+    memory_mib: int = 128
+    qemu_binary: str = QEMU_BINARY
+    extra_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.firmware not in FIRMWARE:
+            raise ValueError(f"unknown firmware {self.firmware!r}; use one of {', '.join(FIRMWARE)}")
+        for drive in self.disks:
+            if not 0 <= drive < MAX_DRIVES:
+                raise ValueError(f"drive {drive} does not exist; drives are 0..3 "
+                                 "(primary master, primary slave, secondary master, secondary slave)")
+
+
+@dataclass(frozen=True)
+class QemuPaths:
+    """Where one QEMU process keeps its sockets, RAM and logs."""
+
+    qmp_socket: Path
+    gdb_socket: Path
+    ram_file: Path
+    serial_log: Path
+    qemu_log: Path
+    cmdline: Path
+
+
+def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
+    """The QEMU command line: paused (-S), gdbstub and QMP on unix sockets, RAM in a shared file."""
+    mem = f"{cfg.memory_mib}M"
+    argv = [
+        cfg.qemu_binary, "-M", "pc,memory-backend=mem", "-m", mem,
+        "-object", f"memory-backend-file,id=mem,size={mem},mem-path={paths.ram_file},share=on",
+        "-nodefaults", "-no-user-config", "-display", "none", "-S",
+        "-kernel", str(cfg.kernel),
+        "-chardev", f"socket,id=gdb0,path={paths.gdb_socket},server=on,wait=off",
+        "-gdb", "chardev:gdb0",
+        "-chardev", f"socket,id=qmp0,path={paths.qmp_socket}",
+        "-mon", "chardev=qmp0,mode=control",
+        "-chardev", f"file,id=ser0,path={paths.serial_log},append=on",
+        "-serial", "chardev:ser0",
+    ]
+    bios = FIRMWARE[cfg.firmware]
+    if bios:
+        argv += ["-bios", bios]
+    for drive, disk in sorted(cfg.disks.items()):
+        node = f"disk{drive}"
+        argv += [
+            "-blockdev", json.dumps({"driver": "file", "node-name": f"{node}-file",
+                                     "filename": str(disk.path)}, separators=(",", ":")),
+            "-blockdev", json.dumps({"driver": disk.format, "node-name": node, "file": f"{node}-file"},
+                                    separators=(",", ":")),
+            "-device", f"ide-hd,drive={node},bus=ide.{drive // 2},unit={drive % 2}",
+        ]
+    return argv + list(cfg.extra_args)
+
+
+class QemuProcess:
+    """A running qemu-system-i386, started paused; QMP is connected once start() returns."""
+
+    def __init__(self, config: QemuConfig, paths: QemuPaths) -> None:
+        self.config = config
+        self.paths = paths
+        self.argv = build_command(config, paths)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.qmp: QEMUMonitorProtocol | None = None
+        self.exit_code: int | None = None
+        self._stderr: IO[bytes] | None = None
+
+    def _error(self, message: str, **kw: Any) -> QemuError:
+        return QemuError(message, command=self.argv, log_path=self.paths.qemu_log,
+                         artifacts=[self.paths.serial_log, self.paths.cmdline], **kw)
+
+    def start(self) -> None:
+        for disk in self.config.disks.values():
+            disk.validate()
+        self.paths.cmdline.write_text(" ".join(self.argv) + "\n")
+        log.debug("QEMU command line: %s", " ".join(self.argv))
+        self.qmp = QEMUMonitorProtocol(str(self.paths.qmp_socket), server=True)
+        self._stderr = open(self.paths.qemu_log, "ab")
+        try:
+            self.proc = procs.spawn(self.argv, name="qemu", stdout=self._stderr, stderr=self._stderr)
+        except FileNotFoundError:
+            self.close()
+            raise self._error(f"{self.config.qemu_binary} not found; run `make deps`") from None
+        try:
+            self.qmp.accept(timeout=QMP_ACCEPT_TIMEOUT)
+        except Exception as exc:  # qemu.qmp raises several kinds; all mean "no QMP"
+            code = self.proc.poll()
+            self.close()
+            raise self._error(f"QEMU did not come up (QMP: {exc or type(exc).__name__})",
+                              exit_code=code) from exc
+        self.qmp.settimeout(QMP_COMMAND_TIMEOUT)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def poll(self) -> int | None:
+        """Exit status if QEMU has exited, else None."""
+        if self.proc is None:
+            return self.exit_code
+        code = self.proc.poll()
+        if code is not None:
+            self.exit_code = code
+        return code
+
+    def check_alive(self) -> None:
+        code = self.poll()
+        if code is not None:
+            raise self._error("QEMU exited unexpectedly", exit_code=code)
+
+    def command(self, name: str, **args: object) -> Any:
+        """One QMP command; its result, or QemuError."""
+        if self.qmp is None:
+            raise self._error(f"QMP {name}: QEMU is not running")
+        try:
+            resp = self.qmp.cmd_raw(name, args or None)
+        except Exception as exc:
+            raise self._error(f"QMP {name} failed: {exc or type(exc).__name__}", exit_code=self.poll()) from exc
+        if "error" in resp:
+            raise self._error(f"QMP {name} refused: {resp['error'].get('desc', resp['error'])}")
+        return resp.get("return")
+
+    def quit(self) -> int:
+        """Clean shutdown: QMP quit, bounded wait, then kill. Returns the exit status."""
+        if self.proc is not None and self.proc.poll() is None and self.qmp is not None:
+            with contextlib.suppress(Exception):  # QEMU may close the socket before answering
+                self.qmp.cmd_raw("quit")
+        return self.close()
+
+    def kill(self) -> int:
+        """SIGKILL, as a crash would, and reap."""
+        if self.proc is not None:
+            procs.kill(self.proc)
+        return self.close(timeout=QEMU_QUIT_TIMEOUT)
+
+    def close(self, timeout: float = QEMU_QUIT_TIMEOUT) -> int:
+        """Reap QEMU (killing it after timeout) and release our end of everything."""
+        if self.proc is not None:
+            self.exit_code = procs.reap(self.proc, timeout)
+            self.proc = None
+        if self.qmp is not None:
+            with contextlib.suppress(Exception):
+                self.qmp.close()
+            self.qmp = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        for sock in (self.paths.qmp_socket, self.paths.gdb_socket):
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()
+        return self.exit_code if self.exit_code is not None else -1
