@@ -74,6 +74,12 @@ class GdbMi:
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
+        """Spawn GDB and wait until it answers."""
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
+        """Spawn GDB without waiting: it loads symbols while QEMU starts."""
         self._log = open(self.log_path, "a", buffering=1)
         if self.cmdline_path is not None:
             self.cmdline_path.write_text(" ".join(self.argv) + "\n")
@@ -84,7 +90,9 @@ class GdbMi:
             raise GdbError(f"{self.argv[0]} not found; run `make deps` (package gdb)") from None
         assert self.proc.stdout is not None
         os.set_blocking(self.proc.stdout.fileno(), False)
-        # GDB prints a prompt "(gdb)" once ready; a tokened no-op proves it answers.
+
+    def wait_ready(self) -> None:
+        """A tokened no-op answered proves GDB has loaded the kernel and listens."""
         self.command("-gdb-version", timeout=GDB_START_TIMEOUT)
 
     @property

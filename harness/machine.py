@@ -151,22 +151,29 @@ class Machine:
                          qemu_log=self._path("qemu.log"), cmdline=self._path("qemu.cmdline"))
 
     def _boot(self) -> None:
-        """Start a fresh QEMU (paused) and GDB, run to harness_ready."""
+        """Start a fresh QEMU (paused), attach GDB (kept across reboots), run to harness_ready."""
         paths = self._qemu_paths()
         with contextlib.suppress(FileNotFoundError):
             paths.ram_file.unlink()  # a cold boot starts from fresh RAM
         t0 = time.perf_counter()
+        new_gdb = self.gdb is None
+        if self.gdb is None:
+            self.gdb = GdbMi(self._gdb_binary, self.config.kernel, self._path("gdb-mi.log"),
+                             self._path("gdb.cmdline"), artifacts=self.artifact_files())
+            self.gdb.spawn()  # loads symbols while QEMU starts
         self.qemu = QemuProcess(self.config, paths)
         self.qemu.start()
-        self.gdb = GdbMi(self._gdb_binary, self.config.kernel, self._path("gdb-mi.log"),
-                         self._path("gdb.cmdline"), artifacts=self.artifact_files())
-        self.gdb.start()
-        for setting in ("mi-async on", "confirm off", "pagination off", "width 0", "unwindonsignal on"):
-            self.gdb.command(f"-gdb-set {setting}")
-        self.gdb.command(f"-target-select remote {paths.gdb_socket}", alive=self.qemu.check_alive)
+        gdb = self.gdb
+        if new_gdb:
+            gdb.wait_ready()
+            for setting in ("mi-async on", "confirm off", "pagination off", "width 0", "unwindonsignal on"):
+                gdb.command(f"-gdb-set {setting}")
+        gdb.discard_async()
+        gdb.command(f"-target-select remote {paths.gdb_socket}", alive=self.qemu.check_alive)
         # The first stop after connecting is QEMU's reset vector: not ours to report.
-        self.gdb.wait_async(is_stopped, self.boot_timeout, "stop after connecting", self.qemu.check_alive)
-        self.gdb.command(f"-break-insert {PARK_SYMBOL}")
+        gdb.wait_async(is_stopped, self.boot_timeout, "stop after connecting", self.qemu.check_alive)
+        if new_gdb:
+            gdb.command(f"-break-insert {PARK_SYMBOL}")
         self._continue_to_park()
         if self.data_path == "shm":
             fd = os.open(paths.ram_file, os.O_RDWR)
@@ -252,16 +259,17 @@ class Machine:
     def power_cycle(self) -> None:
         """Cold: QEMU quits cleanly (flushing its caches), a new QEMU boots the same images."""
         self._live()
-        self._halt(clean=True)
+        self._halt(clean=True, keep_gdb=True)
         self._boot()
 
     def crash(self) -> None:
         """SIGKILL QEMU as if the host lost it, then a new QEMU boots the same images."""
         self._live()
-        self._halt(clean=False)
+        self._halt(clean=False, keep_gdb=True)
         self._boot()
 
-    def _halt(self, clean: bool) -> None:
+    def _halt(self, clean: bool, keep_gdb: bool = False) -> None:
+        """Stop QEMU (quit or SIGKILL); stop GDB too unless it is to attach to the next QEMU."""
         if self._ram is not None:
             self._ram.close()
             self._ram = None
@@ -272,8 +280,12 @@ class Machine:
                 self.qemu.kill()
             self.qemu = None
         if self.gdb is not None:
-            self.gdb.close()
-            self.gdb = None
+            if keep_gdb and self.gdb.alive():
+                with contextlib.suppress(GdbError, HarnessTimeout):
+                    self.gdb.command("-target-disconnect")
+            else:
+                self.gdb.close()
+                self.gdb = None
         if self.rundir is not None:
             with contextlib.suppress(FileNotFoundError):
                 (self.rundir / "ram").unlink()
