@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import select
+import socket
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +26,8 @@ QEMU_BINARY = "qemu-system-i386"
 QMP_ACCEPT_TIMEOUT = 10.0  # s, for a fresh QEMU to connect to our QMP socket
 QMP_COMMAND_TIMEOUT = 10.0  # s, for one QMP command
 QEMU_QUIT_TIMEOUT = 5.0  # s, for QEMU to exit after `quit`
+QEMU_EXIT_GRACE = 1.0  # s, for a QEMU that hung up on us to finish exiting
+POLL_SLICE = 0.02  # s, how often a wait for QEMU checks that it is still alive
 FIRMWARE = {"seabios": None, "qboot": "/usr/share/qemu/qboot.rom"}
 MAX_DRIVES = 4
 
@@ -89,6 +94,10 @@ def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
     return argv + list(cfg.extra_args)
 
 
+def _is_listener(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+
+
 class QemuProcess:
     """A running qemu-system-i386, started paused; QMP is connected once start() returns."""
 
@@ -102,29 +111,71 @@ class QemuProcess:
         self._stderr: IO[bytes] | None = None
 
     def _error(self, message: str, **kw: Any) -> QemuError:
+        tail = self.log_tail()
+        if tail:
+            message = f"{message}; QEMU said: {tail}"
         return QemuError(message, command=self.argv, log_path=self.paths.qemu_log,
                          artifacts=[self.paths.serial_log, self.paths.cmdline], **kw)
 
     def start(self) -> None:
+        """Validate disks, spawn QEMU, and wait (bounded, watching QEMU live) for its QMP."""
         for disk in self.config.disks.values():
             disk.validate()
         self.paths.cmdline.write_text(" ".join(self.argv) + "\n")
         log.debug("QEMU command line: %s", " ".join(self.argv))
-        self.qmp = QEMUMonitorProtocol(str(self.paths.qmp_socket), server=True)
-        self._stderr = open(self.paths.qemu_log, "ab")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.proc = procs.spawn(self.argv, name="qemu", stdout=self._stderr, stderr=self._stderr)
-        except FileNotFoundError:
+            listener.bind(str(self.paths.qmp_socket))
+            listener.listen(1)
+            self._stderr = open(self.paths.qemu_log, "ab")
+            try:
+                self.proc = procs.spawn(self.argv, name="qemu", stdout=self._stderr, stderr=self._stderr)
+            except FileNotFoundError:
+                raise self._error(f"{self.config.qemu_binary} not found; run `make deps`") from None
+            conn = self._await(listener, "connect to QMP")
+        except BaseException:
             self.close()
-            raise self._error(f"{self.config.qemu_binary} not found; run `make deps`") from None
+            raise
+        finally:
+            listener.close()
         try:
-            self.qmp.accept(timeout=QMP_ACCEPT_TIMEOUT)
+            self._await(conn, "send the QMP greeting")
+            self.qmp = QEMUMonitorProtocol(conn)
+            self.qmp.connect()
+        except QemuError:
+            conn.close()
+            self.close()
+            raise
         except Exception as exc:  # qemu.qmp raises several kinds; all mean "no QMP"
-            code = self.proc.poll()
-            self.close()
-            raise self._error(f"QEMU did not come up (QMP: {exc or type(exc).__name__})",
-                              exit_code=code) from exc
+            conn.close()
+            self.close(timeout=QEMU_EXIT_GRACE)
+            raise self._error(f"QEMU hung up during the QMP handshake ({exc or type(exc).__name__})",
+                              exit_code=self.exit_code) from exc
         self.qmp.settimeout(QMP_COMMAND_TIMEOUT)
+
+    def _await(self, sock: socket.socket, what: str) -> socket.socket:
+        """Wait until sock is readable (a listener: accept), failing fast if QEMU exits."""
+        deadline = time.monotonic() + QMP_ACCEPT_TIMEOUT
+        while True:
+            ready, _, _ = select.select([sock], [], [], POLL_SLICE)
+            if ready:
+                if sock.type == socket.SOCK_STREAM and _is_listener(sock):
+                    conn, _ = sock.accept()
+                    return conn
+                return sock
+            code = self.poll()
+            if code is not None:
+                raise self._error(f"QEMU exited before it could {what}", exit_code=code)
+            if time.monotonic() > deadline:
+                raise self._error(f"QEMU did not {what} within {QMP_ACCEPT_TIMEOUT:.0f} s")
+
+    def log_tail(self, lines: int = 3) -> str:
+        """The last lines QEMU wrote to stderr (its reasons for failing)."""
+        try:
+            text = self.paths.qemu_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
 
     @property
     def pid(self) -> int | None:
