@@ -53,7 +53,7 @@ run: deps guest
 	$(VENV)/bin/piix3 run $(ARGS)
 
 test: deps guest
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n auto $(PYTEST_ARGS)
 
 debug: deps guest
 	$(VENV)/bin/piix3 debug $(ARGS)

@@ -48,3 +48,14 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
 	for (;;)
 		halt();
 }
+
+/* Port access for humans in GDB (gdbinit's ata-status, pci-ide): GDB cannot execute in/out. */
+uint32_t harness_inb(uint32_t port)
+{
+	return inb((uint16_t)port);
+}
+
+void harness_outb(uint32_t port, uint32_t value)
+{
+	outb((uint16_t)port, (uint8_t)value);
+}

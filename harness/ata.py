@@ -31,22 +31,37 @@ class Ata:
         _code, _drive, command, status, error, bm_status, phase, _reserved, lba = rec
         if not detail and code == AtaCode.RANGE:
             detail = f"the disk has {self.sectors(drive)} sectors"
-        return AtaError(code, drive=drive, operation=operation, status=status, error=error, lba=lba,
-                        command=command, bm_status=bm_status, phase=phase, detail=detail,
-                        artifacts=self._m.artifact_files())
+        return AtaError(
+            code,
+            drive=drive,
+            operation=operation,
+            status=status,
+            error=error,
+            lba=lba,
+            command=command,
+            bm_status=bm_status,
+            phase=phase,
+            detail=detail,
+            artifacts=self._m.artifact_files(),
+        )
 
     def _call(self, operation: str, drive: int, function: str, *args: int) -> None:
         rc = self._m.call(function, *args)
         if rc != AtaCode.OK:
             if rc not in AtaCode._value2member_map_:
-                raise AtaError(AtaCode.INVAL, drive=drive, operation=operation,
-                               detail=f"{function} returned {rc}, not an ATA_ERR_* code",
-                               artifacts=self._m.artifact_files())
+                raise AtaError(
+                    AtaCode.INVAL,
+                    drive=drive,
+                    operation=operation,
+                    detail=f"{function} returned {rc}, not an ATA_ERR_* code",
+                    artifacts=self._m.artifact_files(),
+                )
             raise self._fail(rc, drive, operation)
 
     def _invalid(self, drive: int, operation: str, detail: str) -> AtaError:
-        return AtaError(AtaCode.INVAL, drive=drive, operation=operation, detail=detail,
-                        artifacts=self._m.artifact_files())
+        return AtaError(
+            AtaCode.INVAL, drive=drive, operation=operation, detail=detail, artifacts=self._m.artifact_files()
+        )
 
     def _mode(self, mode: str, drive: int, operation: str) -> AtaMode:
         if mode not in MODES:
@@ -56,8 +71,11 @@ class Ata:
     def _buffer(self, nbytes: int, drive: int, operation: str) -> int:
         size = self._m.symbol("xfer_size")
         if nbytes > size:
-            raise self._invalid(drive, operation, f"{nbytes} bytes exceed the {size}-byte transfer buffer "
-                                f"({size // SECTOR} sectors per call)")
+            raise self._invalid(
+                drive,
+                operation,
+                f"{nbytes} bytes exceed the {size}-byte transfer buffer ({size // SECTOR} sectors per call)",
+            )
         return self._m.symbol("xfer_buf")
 
     # --- the driver's calls --------------------------------------------------------------

@@ -31,8 +31,9 @@ class DiskImage:
     `DiskImage.create(path, size_mib=64)` makes a new one.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, format: str | None = None,
-                 allow_block_device: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, format: str | None = None, allow_block_device: bool = False
+    ) -> None:
         self.path = Path(path).absolute()
         self.allow_block_device = allow_block_device
         if format is not None and format not in FORMATS:
@@ -43,8 +44,15 @@ class DiskImage:
         return f"DiskImage({str(self.path)!r}, format={self.format!r})"
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], size_mib: int = 64, *, format: str = "raw",
-               size_bytes: int | None = None, overwrite: bool = False) -> DiskImage:
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        size_mib: int = 64,
+        *,
+        format: str = "raw",
+        size_bytes: int | None = None,
+        overwrite: bool = False,
+    ) -> DiskImage:
         """Make a new, zero-filled (sparse) image of size_mib MiB, or size_bytes exactly."""
         size = size_bytes if size_bytes is not None else size_mib * 1024 * 1024
         target = Path(path)
@@ -87,22 +95,26 @@ class DiskImage:
             st = os.stat(self.path)
         except FileNotFoundError:
             raise DiskImageError(
-                f"disk image {self.path} does not exist; make one with DiskImage.create()") from None
+                f"disk image {self.path} does not exist; make one with DiskImage.create()"
+            ) from None
         if stat.S_ISBLK(st.st_mode):
             if not self.allow_block_device:
                 raise DiskImageError(
                     f"{self.path} is a block device; pass allow_block_device=True if you really "
-                    "mean to let the guest write to it")
+                    "mean to let the guest write to it"
+                )
         elif not stat.S_ISREG(st.st_mode):
             raise DiskImageError(f"{self.path} is not a regular file or block device")
         if self.format == "raw" and stat.S_ISREG(st.st_mode) and (st.st_size == 0 or st.st_size % SECTOR):
             raise DiskImageError(
-                f"disk image {self.path} is {st.st_size} bytes, not a positive multiple of {SECTOR}")
+                f"disk image {self.path} is {st.st_size} bytes, not a positive multiple of {SECTOR}"
+            )
 
     def _check_range(self, lba: int, count: int) -> None:
         if lba < 0 or count < 0 or lba + count > self.sectors:
             raise DiskImageError(
-                f"sectors {lba}..{lba + count - 1} are outside {self.path} ({self.sectors} sectors)")
+                f"sectors {lba}..{lba + count - 1} are outside {self.path} ({self.sectors} sectors)"
+            )
 
     def read_sectors(self, lba: int, count: int = 1) -> bytes:
         """The host's view of sectors lba..lba+count-1, no QEMU involved."""
@@ -113,8 +125,21 @@ class DiskImage:
                 return f.read(count * SECTOR)
         with tempfile.TemporaryDirectory(prefix="piix3-dd-") as tmp:
             out = Path(tmp) / "out.raw"
-            _qemu_img(["dd", "-U", "-f", "qcow2", "-O", "raw", f"bs={SECTOR}", f"skip={lba}",
-                       f"count={count}", f"if={self.path}", f"of={out}"])
+            _qemu_img(
+                [
+                    "dd",
+                    "-U",
+                    "-f",
+                    "qcow2",
+                    "-O",
+                    "raw",
+                    f"bs={SECTOR}",
+                    f"skip={lba}",
+                    f"count={count}",
+                    f"if={self.path}",
+                    f"of={out}",
+                ]
+            )
             return out.read_bytes()
 
     def write_sectors(self, lba: int, data: bytes) -> None:

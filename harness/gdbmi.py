@@ -59,8 +59,14 @@ class MiResult:
 class GdbMi:
     """One GDB process speaking MI3 over pipes."""
 
-    def __init__(self, gdb: str, kernel: Path, log_path: Path, cmdline_path: Path | None = None,
-                 artifacts: Sequence[Path] = ()) -> None:
+    def __init__(
+        self,
+        gdb: str,
+        kernel: Path,
+        log_path: Path,
+        cmdline_path: Path | None = None,
+        artifacts: Sequence[Path] = (),
+    ) -> None:
         self.argv = [gdb, "--nx", "--quiet", "--interpreter=mi3", str(kernel)]
         self.log_path = log_path
         self.cmdline_path = cmdline_path
@@ -80,12 +86,13 @@ class GdbMi:
 
     def spawn(self) -> None:
         """Spawn GDB without waiting: it loads symbols while QEMU starts."""
-        self._log = open(self.log_path, "a", buffering=1)
+        self._log = open(self.log_path, "a", buffering=1)  # noqa: SIM115 - lives as long as GDB
         if self.cmdline_path is not None:
             self.cmdline_path.write_text(" ".join(self.argv) + "\n")
         try:
-            self.proc = procs.spawn(self.argv, name="gdb", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT)
+            self.proc = procs.spawn(
+                self.argv, name="gdb", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
         except FileNotFoundError:
             raise GdbError(f"{self.argv[0]} not found; run `make deps` (package gdb)") from None
         assert self.proc.stdout is not None
@@ -141,8 +148,9 @@ class GdbMi:
             self.proc.stdin.write(line.encode() + b"\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
-            raise GdbError(f"GDB died (exit status {self.proc.poll()}) before taking {line!r}",
-                           artifacts=self.artifacts) from None
+            raise GdbError(
+                f"GDB died (exit status {self.proc.poll()}) before taking {line!r}", artifacts=self.artifacts
+            ) from None
 
     def _read_lines(self, timeout: float) -> list[str]:
         """Whatever complete lines arrive within timeout (possibly none)."""
@@ -170,8 +178,13 @@ class GdbMi:
                 out.append(text)
         return out
 
-    def _pump(self, until: Callable[[MiRecord], bool], timeout: float, what: str,
-              alive: Callable[[], None] | None = None) -> tuple[MiRecord, list[str]]:
+    def _pump(
+        self,
+        until: Callable[[MiRecord], bool],
+        timeout: float,
+        what: str,
+        alive: Callable[[], None] | None = None,
+    ) -> tuple[MiRecord, list[str]]:
         """Read records until `until` accepts one; others are queued (async) or collected."""
         deadline = time.monotonic() + timeout
         console: list[str] = []
@@ -190,8 +203,13 @@ class GdbMi:
             if alive is not None:
                 alive()
 
-    def command(self, cmd: str, timeout: float = MI_TIMEOUT, alive: Callable[[], None] | None = None,
-                interrupt_on_timeout: bool = False) -> MiResult:
+    def command(
+        self,
+        cmd: str,
+        timeout: float = MI_TIMEOUT,
+        alive: Callable[[], None] | None = None,
+        interrupt_on_timeout: bool = False,
+    ) -> MiResult:
         """Send one MI (or CLI) command and wait for its own result record.
 
         With interrupt_on_timeout, a command still running at the deadline (a guest call that
@@ -215,16 +233,23 @@ class GdbMi:
                 said = rec.payload.get("msg", rec.message) if isinstance(rec.payload, dict) else rec.message
             except HarnessTimeout:
                 said = "no answer: GDB did not recover"
-            raise HarnessTimeout(f"{cmd!r} did not finish within {timeout:.1f} s; interrupted ({said})",
-                                 artifacts=self.artifacts) from None
+            raise HarnessTimeout(
+                f"{cmd!r} did not finish within {timeout:.1f} s; interrupted ({said})",
+                artifacts=self.artifacts,
+            ) from None
         payload = rec.payload if isinstance(rec.payload, dict) else {}
         if rec.message == "error":
             msg = payload.get("msg", "unknown error")
             raise GdbError(f"GDB refused {cmd!r}: {msg}", artifacts=self.artifacts)
         return MiResult(message=rec.message or "", payload=payload, console=console)
 
-    def wait_async(self, match: Callable[[MiRecord], bool], timeout: float, what: str,
-                   alive: Callable[[], None] | None = None) -> MiRecord:
+    def wait_async(
+        self,
+        match: Callable[[MiRecord], bool],
+        timeout: float,
+        what: str,
+        alive: Callable[[], None] | None = None,
+    ) -> MiRecord:
         """Wait for an async record (e.g. *stopped) that match accepts; earlier ones are dropped."""
         while self._async:
             rec = self._async.popleft()
@@ -236,8 +261,13 @@ class GdbMi:
     def discard_async(self) -> None:
         self._async.clear()
 
-    def evaluate(self, expr: str, timeout: float = MI_TIMEOUT, alive: Callable[[], None] | None = None,
-                 interrupt_on_timeout: bool = False) -> str:
+    def evaluate(
+        self,
+        expr: str,
+        timeout: float = MI_TIMEOUT,
+        alive: Callable[[], None] | None = None,
+        interrupt_on_timeout: bool = False,
+    ) -> str:
         """-data-evaluate-expression; returns GDB's printed value."""
         quoted = expr.replace("\\", "\\\\").replace('"', '\\"')
         res = self.command(f'-data-evaluate-expression "{quoted}"', timeout, alive, interrupt_on_timeout)
@@ -248,7 +278,9 @@ class GdbMi:
         blocks = res.payload.get("memory") or []
         data = b"".join(bytes.fromhex(b["contents"]) for b in blocks)
         if len(data) != length:
-            raise GdbError(f"GDB returned {len(data)} of {length} bytes at {addr:#x}", artifacts=self.artifacts)
+            raise GdbError(
+                f"GDB returned {len(data)} of {length} bytes at {addr:#x}", artifacts=self.artifacts
+            )
         return data
 
     def write_memory(self, addr: int, data: bytes, timeout: float = MI_TIMEOUT) -> None:

@@ -72,8 +72,13 @@ class Machine:
     ) -> None:
         if data_path not in DATA_PATHS:
             raise HarnessError(f"unknown data_path {data_path!r}; use one of {', '.join(DATA_PATHS)}")
-        self.config = QemuConfig(kernel=find_kernel(kernel), disks=_disk_map(disks), firmware=firmware,
-                                 memory_mib=memory_mib, extra_args=tuple(extra_qemu_args))
+        self.config = QemuConfig(
+            kernel=find_kernel(kernel),
+            disks=_disk_map(disks),
+            firmware=firmware,
+            memory_mib=memory_mib,
+            extra_args=tuple(extra_qemu_args),
+        )
         self.call_timeout = call_timeout
         self.boot_timeout = boot_timeout
         self.data_path = data_path
@@ -95,8 +100,9 @@ class Machine:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close(failed=exc is not None)
 
     def start(self) -> None:
@@ -146,9 +152,14 @@ class Machine:
     # --- boot ------------------------------------------------------------------------
     def _qemu_paths(self) -> QemuPaths:
         assert self.rundir is not None
-        return QemuPaths(qmp_socket=self.rundir / "qmp.sock", gdb_socket=self.rundir / "gdb.sock",
-                         ram_file=self.rundir / "ram", serial_log=self._path("serial.log"),
-                         qemu_log=self._path("qemu.log"), cmdline=self._path("qemu.cmdline"))
+        return QemuPaths(
+            qmp_socket=self.rundir / "qmp.sock",
+            gdb_socket=self.rundir / "gdb.sock",
+            ram_file=self.rundir / "ram",
+            serial_log=self._path("serial.log"),
+            qemu_log=self._path("qemu.log"),
+            cmdline=self._path("qemu.cmdline"),
+        )
 
     def _boot(self) -> None:
         """Start a fresh QEMU (paused), attach GDB (kept across reboots), run to harness_ready."""
@@ -158,8 +169,13 @@ class Machine:
         t0 = time.perf_counter()
         new_gdb = self.gdb is None
         if self.gdb is None:
-            self.gdb = GdbMi(self._gdb_binary, self.config.kernel, self._path("gdb-mi.log"),
-                             self._path("gdb.cmdline"), artifacts=self.artifact_files())
+            self.gdb = GdbMi(
+                self._gdb_binary,
+                self.config.kernel,
+                self._path("gdb-mi.log"),
+                self._path("gdb.cmdline"),
+                artifacts=self.artifact_files(),
+            )
             self.gdb.spawn()  # loads symbols while QEMU starts
         self.qemu = QemuProcess(self.config, paths)
         self.qemu.start()
@@ -189,7 +205,9 @@ class Machine:
         assert self.gdb is not None and self.qemu is not None
         self.gdb.discard_async()
         self.gdb.command("-exec-continue", alive=self.qemu.check_alive)
-        rec = self.gdb.wait_async(is_stopped, self.boot_timeout, f"stop at {PARK_SYMBOL}", self.qemu.check_alive)
+        rec = self.gdb.wait_async(
+            is_stopped, self.boot_timeout, f"stop at {PARK_SYMBOL}", self.qemu.check_alive
+        )
         self._check_parked(rec)
 
     def _check_parked(self, rec: MiRecord) -> None:
@@ -197,20 +215,28 @@ class Machine:
         frame = payload.get("frame") or {}
         if payload.get("reason") != "breakpoint-hit" or frame.get("func") != PARK_SYMBOL:
             where = f"{frame.get('func', '?')} at {frame.get('addr', '?')}"
-            raise GdbError(f"guest stopped in {where} ({payload.get('reason', 'no reason')}) instead of "
-                           f"{PARK_SYMBOL}; serial log tail: {self.serial_text()[-300:]!r}",
-                           artifacts=self.artifact_files())
+            raise GdbError(
+                f"guest stopped in {where} ({payload.get('reason', 'no reason')}) instead of "
+                f"{PARK_SYMBOL}; serial log tail: {self.serial_text()[-300:]!r}",
+                artifacts=self.artifact_files(),
+            )
 
     def _resolve_symbols(self) -> None:
         if self._symbols:
             return
-        for name, expr in (("xfer_buf", "(unsigned)harness_xfer_buf"), ("xfer_size", "harness_xfer_size"),
-                           ("last_error", "(unsigned)&ata_last_error"),
-                           ("last_error_size", "sizeof(ata_last_error)"), ("init", "harness_init_status")):
+        for name, expr in (
+            ("xfer_buf", "(unsigned)harness_xfer_buf"),
+            ("xfer_size", "harness_xfer_size"),
+            ("last_error", "(unsigned)&ata_last_error"),
+            ("last_error_size", "sizeof(ata_last_error)"),
+            ("init", "harness_init_status"),
+        ):
             self._symbols[name] = self.evaluate_int(expr)
         if self._symbols["last_error_size"] != ERROR_RECORD_SIZE:
-            raise GdbError(f"struct ata_error_record is {self._symbols['last_error_size']} bytes in the kernel, "
-                           f"the harness expects {ERROR_RECORD_SIZE}: rebuild with `make guest`")
+            raise GdbError(
+                f"struct ata_error_record is {self._symbols['last_error_size']} bytes in the kernel, "
+                f"the harness expects {ERROR_RECORD_SIZE}: rebuild with `make guest`"
+            )
 
     def symbol(self, name: str) -> int:
         return self._symbols[name]
@@ -224,12 +250,13 @@ class Machine:
     def evaluate_int(self, expr: str, timeout: float | None = None) -> int:
         """Evaluate a C expression in the guest (function calls included) as an integer."""
         gdb, qemu = self._live()
-        value = gdb.evaluate(expr, timeout or self.call_timeout, qemu.check_alive,
-                             interrupt_on_timeout=True)
+        value = gdb.evaluate(expr, timeout or self.call_timeout, qemu.check_alive, interrupt_on_timeout=True)
         try:
             return int(value.split()[0], 0)
         except (ValueError, IndexError):
-            raise GdbError(f"{expr!r} gave {value!r}, not an integer", artifacts=self.artifact_files()) from None
+            raise GdbError(
+                f"{expr!r} gave {value!r}, not an integer", artifacts=self.artifact_files()
+            ) from None
 
     def call(self, function: str, *args: int, timeout: float | None = None) -> int:
         """Call a guest C function with integer arguments; returns its int result."""
@@ -293,5 +320,3 @@ class Machine:
     @property
     def pids(self) -> list[int]:
         return [p for p in (self.qemu and self.qemu.pid, self.gdb and self.gdb.pid) if p]
-
-

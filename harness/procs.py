@@ -29,17 +29,29 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def spawn(argv: Sequence[str], *, name: str, stdin: int | IO[Any] | None = subprocess.DEVNULL,
-          stdout: int | IO[Any] | None = None, stderr: int | IO[Any] | None = None,
-          ) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: Sequence[str],
+    *,
+    name: str,
+    stdin: int | IO[Any] | None = subprocess.DEVNULL,
+    stdout: int | IO[Any] | None = None,
+    stderr: int | IO[Any] | None = None,
+) -> subprocess.Popen[bytes]:
     """Start argv in its own session, to die with us; remember it until reaped."""
     global _libc
     if _libc is None:
         with contextlib.suppress(OSError):
             _libc = ctypes.CDLL(None, use_errno=True)
     log.debug("starting %s: %s", name, " ".join(argv))
-    proc = subprocess.Popen(list(argv), stdin=stdin, stdout=stdout, stderr=stderr,
-                            start_new_session=True, preexec_fn=_die_with_parent, close_fds=True)
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+        close_fds=True,
+    )
     LIVE_CHILDREN[proc.pid] = name
     STARTED_CHILDREN.append(proc.pid)
     return proc

@@ -6,9 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import signal
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,24 @@ MachineFactory = Callable[..., Machine]
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("piix3", "piix3-harness")
-    group.addoption("--piix3-firmware", choices=sorted(FIRMWARE), default=None,
-                    help="firmware for machines made by the fixtures (default: seabios, or $PIIX3_FIRMWARE)")
-    group.addoption("--piix3-keep-artifacts", action="store_true", default=False,
-                    help="keep every test's serial/QEMU/GDB logs, not only the failing tests'")
-    group.addoption("--piix3-artifacts", default=None, metavar="DIR",
-                    help="where per-test artifact directories go (default: build/test-artifacts)")
+    group.addoption(
+        "--piix3-firmware",
+        choices=sorted(FIRMWARE),
+        default=None,
+        help="firmware for machines made by the fixtures (default: seabios, or $PIIX3_FIRMWARE)",
+    )
+    group.addoption(
+        "--piix3-keep-artifacts",
+        action="store_true",
+        default=False,
+        help="keep every test's serial/QEMU/GDB logs, not only the failing tests'",
+    )
+    group.addoption(
+        "--piix3-artifacts",
+        default=None,
+        metavar="DIR",
+        help="where per-test artifact directories go (default: build/test-artifacts)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -40,18 +52,38 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    report: pytest.TestReport = yield
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     item.stash.setdefault(_REPORTS, {})[report.when] = report
     dirs = item.stash.get(_ARTIFACT_DIRS, [])
     if report.failed and dirs:
-        report.sections.append(("piix3 artifacts", "\n".join(
-            f"{d}: serial.log qemu.log gdb-mi.log qemu.cmdline gdb.cmdline" for d in dirs)))
-    return report  # type: ignore[return-value]
+        report.sections.append(
+            (
+                "piix3 artifacts",
+                "\n".join(f"{d}: serial.log qemu.log gdb-mi.log qemu.cmdline gdb.cmdline" for d in dirs),
+            )
+        )
+    return report
 
 
 def _failed(item: pytest.Item) -> bool:
     return any(r.failed for r in item.stash.get(_REPORTS, {}).values())
+
+
+@pytest.fixture(autouse=True)
+def _piix3_no_leaked_processes() -> Iterator[None]:
+    """After every test: each QEMU and GDB started during it must be gone (a check, not a hope)."""
+    first = len(procs.STARTED_CHILDREN)
+    yield
+    alive = [pid for pid in procs.STARTED_CHILDREN[first:] if procs.pid_alive(pid)]
+    if alive:
+        names = ", ".join(f"{procs.LIVE_CHILDREN.get(p, '?')} pid {p}" for p in alive)
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"processes left running by this test (now killed): {names}")
 
 
 @pytest.fixture(scope="session")
@@ -126,4 +158,3 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
-

@@ -48,8 +48,10 @@ class QemuConfig:
             raise ValueError(f"unknown firmware {self.firmware!r}; use one of {', '.join(FIRMWARE)}")
         for drive in self.disks:
             if not 0 <= drive < MAX_DRIVES:
-                raise ValueError(f"drive {drive} does not exist; drives are 0..3 "
-                                 "(primary master, primary slave, secondary master, secondary slave)")
+                raise ValueError(
+                    f"drive {drive} does not exist; drives are 0..3 "
+                    "(primary master, primary slave, secondary master, secondary slave)"
+                )
 
 
 @dataclass(frozen=True)
@@ -68,16 +70,32 @@ def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
     """The QEMU command line: paused (-S), gdbstub and QMP on unix sockets, RAM in a shared file."""
     mem = f"{cfg.memory_mib}M"
     argv = [
-        cfg.qemu_binary, "-M", "pc,memory-backend=mem", "-m", mem,
-        "-object", f"memory-backend-file,id=mem,size={mem},mem-path={paths.ram_file},share=on",
-        "-nodefaults", "-no-user-config", "-display", "none", "-S",
-        "-kernel", str(cfg.kernel),
-        "-chardev", f"socket,id=gdb0,path={paths.gdb_socket},server=on,wait=off",
-        "-gdb", "chardev:gdb0",
-        "-chardev", f"socket,id=qmp0,path={paths.qmp_socket}",
-        "-mon", "chardev=qmp0,mode=control",
-        "-chardev", f"file,id=ser0,path={paths.serial_log},append=on",
-        "-serial", "chardev:ser0",
+        cfg.qemu_binary,
+        "-M",
+        "pc,memory-backend=mem",
+        "-m",
+        mem,
+        "-object",
+        f"memory-backend-file,id=mem,size={mem},mem-path={paths.ram_file},share=on",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-S",
+        "-kernel",
+        str(cfg.kernel),
+        "-chardev",
+        f"socket,id=gdb0,path={paths.gdb_socket},server=on,wait=off",
+        "-gdb",
+        "chardev:gdb0",
+        "-chardev",
+        f"socket,id=qmp0,path={paths.qmp_socket}",
+        "-mon",
+        "chardev=qmp0,mode=control",
+        "-chardev",
+        f"file,id=ser0,path={paths.serial_log},append=on",
+        "-serial",
+        "chardev:ser0",
     ]
     bios = FIRMWARE[cfg.firmware]
     if bios:
@@ -85,11 +103,17 @@ def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
     for drive, disk in sorted(cfg.disks.items()):
         node = f"disk{drive}"
         argv += [
-            "-blockdev", json.dumps({"driver": "file", "node-name": f"{node}-file",
-                                     "filename": str(disk.path)}, separators=(",", ":")),
-            "-blockdev", json.dumps({"driver": disk.format, "node-name": node, "file": f"{node}-file"},
-                                    separators=(",", ":")),
-            "-device", f"ide-hd,drive={node},bus=ide.{drive // 2},unit={drive % 2}",
+            "-blockdev",
+            json.dumps(
+                {"driver": "file", "node-name": f"{node}-file", "filename": str(disk.path)},
+                separators=(",", ":"),
+            ),
+            "-blockdev",
+            json.dumps(
+                {"driver": disk.format, "node-name": node, "file": f"{node}-file"}, separators=(",", ":")
+            ),
+            "-device",
+            f"ide-hd,drive={node},bus=ide.{drive // 2},unit={drive % 2}",
         ]
     return argv + list(cfg.extra_args)
 
@@ -114,8 +138,13 @@ class QemuProcess:
         tail = self.log_tail()
         if tail:
             message = f"{message}; QEMU said: {tail}"
-        return QemuError(message, command=self.argv, log_path=self.paths.qemu_log,
-                         artifacts=[self.paths.serial_log, self.paths.cmdline], **kw)
+        return QemuError(
+            message,
+            command=self.argv,
+            log_path=self.paths.qemu_log,
+            artifacts=[self.paths.serial_log, self.paths.cmdline],
+            **kw,
+        )
 
     def start(self) -> None:
         """Validate disks, spawn QEMU, and wait (bounded, watching QEMU live) for its QMP."""
@@ -127,7 +156,7 @@ class QemuProcess:
         try:
             listener.bind(str(self.paths.qmp_socket))
             listener.listen(1)
-            self._stderr = open(self.paths.qemu_log, "ab")
+            self._stderr = open(self.paths.qemu_log, "ab")  # noqa: SIM115 - QEMU's stderr while it runs
             try:
                 self.proc = procs.spawn(self.argv, name="qemu", stdout=self._stderr, stderr=self._stderr)
             except FileNotFoundError:
@@ -149,8 +178,10 @@ class QemuProcess:
         except Exception as exc:  # qemu.qmp raises several kinds; all mean "no QMP"
             conn.close()
             self.close(timeout=QEMU_EXIT_GRACE)
-            raise self._error(f"QEMU hung up during the QMP handshake ({exc or type(exc).__name__})",
-                              exit_code=self.exit_code) from exc
+            raise self._error(
+                f"QEMU hung up during the QMP handshake ({exc or type(exc).__name__})",
+                exit_code=self.exit_code,
+            ) from exc
         self.qmp.settimeout(QMP_COMMAND_TIMEOUT)
 
     def _await(self, sock: socket.socket, what: str) -> socket.socket:
@@ -202,7 +233,9 @@ class QemuProcess:
         try:
             resp = self.qmp.cmd_raw(name, args or None)
         except Exception as exc:
-            raise self._error(f"QMP {name} failed: {exc or type(exc).__name__}", exit_code=self.poll()) from exc
+            raise self._error(
+                f"QMP {name} failed: {exc or type(exc).__name__}", exit_code=self.poll()
+            ) from exc
         if "error" in resp:
             raise self._error(f"QMP {name} refused: {resp['error'].get('desc', resp['error'])}")
         return resp.get("return")

@@ -45,7 +45,9 @@ def test_identify_reports_model_serial_and_exact_size(
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_round_trips_at_first_middle_last_lba(machine_factory: MachineFactory, tmp_path: Path, mode: str) -> None:
+def test_round_trips_at_first_middle_last_lba(
+    machine_factory: MachineFactory, tmp_path: Path, mode: str
+) -> None:
     disk = DiskImage.create(tmp_path / "d.img", size_mib=8)
     m = machine_factory(disks=[disk])
     last = disk.sectors
@@ -64,7 +66,9 @@ def test_round_trips_at_first_middle_last_lba(machine_factory: MachineFactory, t
     assert disk.path.read_bytes() == bytes(expected)
 
 
-def test_sectors_outside_the_written_range_are_unchanged(machine_factory: MachineFactory, tmp_path: Path) -> None:
+def test_sectors_outside_the_written_range_are_unchanged(
+    machine_factory: MachineFactory, tmp_path: Path
+) -> None:
     disk = DiskImage.create(tmp_path / "d.img", size_mib=4)
     background = pattern(999, disk.sectors)
     disk.write_sectors(0, background)
@@ -78,7 +82,9 @@ def test_sectors_outside_the_written_range_are_unchanged(machine_factory: Machin
     m.ata.flush(0)
     image = disk.path.read_bytes()
     assert len(image) == len(expected)
-    diff = [i // SECTOR for i in range(0, len(image), SECTOR) if image[i : i + SECTOR] != expected[i : i + SECTOR]]
+    diff = [
+        i // SECTOR for i in range(0, len(image), SECTOR) if image[i : i + SECTOR] != expected[i : i + SECTOR]
+    ]
     assert diff == [], f"sectors differ from the expected image: {diff[:10]}"
 
 
