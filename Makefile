@@ -52,7 +52,7 @@ $(KERNEL): $(GUEST_OBJ) guest/linker.ld
 run: deps guest
 	$(VENV)/bin/piix3 run $(ARGS)
 
-test: deps guest
+test: deps guest lint
 	$(VENV)/bin/pytest -n auto $(PYTEST_ARGS)
 
 debug: deps guest
