@@ -1,7 +1,8 @@
 """piix3-harness: verify a PIIX3 IDE driver running in QEMU, driven from Python through GDB/MI."""
 
 from harness.disk import DiskImage, DiskImageError
-from harness.errors import AtaError, GdbError, HarnessError, HarnessTimeout, QemuError
+from harness.errors import AtaError, ConfigError, GdbError, HarnessError, HarnessTimeout, QemuError
+from harness.faults import Fault
 from harness.identify import DriveInfo
 from harness.machine import Machine
 from harness.regs import AtaCode
@@ -9,9 +10,11 @@ from harness.regs import AtaCode
 __all__ = [
     "AtaCode",
     "AtaError",
+    "ConfigError",
     "DiskImage",
     "DiskImageError",
     "DriveInfo",
+    "Fault",
     "GdbError",
     "HarnessError",
     "HarnessTimeout",

@@ -72,9 +72,24 @@ class DiskImage:
 
     @property
     def format(self) -> str:
+        """raw or qcow2. Without an explicit format the file's header and its name must agree:
+        a raw image whose guest wrote a qcow2 header to sector 0 is never taken for qcow2."""
         if self._format is None:
-            with open(self.path, "rb") as f:
-                self._format = "qcow2" if f.read(4) == QCOW2_MAGIC else "raw"
+            try:
+                with open(self.path, "rb") as f:
+                    header_qcow2 = f.read(4) == QCOW2_MAGIC
+            except FileNotFoundError:
+                raise DiskImageError(
+                    f"disk image {self.path} does not exist; make one with DiskImage.create()"
+                ) from None
+            named_qcow2 = self.path.suffix == ".qcow2"
+            if header_qcow2 != named_qcow2:
+                raise DiskImageError(
+                    f"{self.path} {'has' if header_qcow2 else 'lacks'} a qcow2 header but is "
+                    f"{'not ' if header_qcow2 else ''}named *.qcow2; say which it is: "
+                    "DiskImage(path, format='raw' or 'qcow2')"
+                )
+            self._format = "qcow2" if header_qcow2 else "raw"
         return self._format
 
     @property
@@ -123,24 +138,16 @@ class DiskImage:
             with open(self.path, "rb") as f:
                 f.seek(lba * SECTOR)
                 return f.read(count * SECTOR)
-        with tempfile.TemporaryDirectory(prefix="piix3-dd-") as tmp:
-            out = Path(tmp) / "out.raw"
-            _qemu_img(
-                [
-                    "dd",
-                    "-U",
-                    "-f",
-                    "qcow2",
-                    "-O",
-                    "raw",
-                    f"bs={SECTOR}",
-                    f"skip={lba}",
-                    f"count={count}",
-                    f"if={self.path}",
-                    f"of={out}",
-                ]
-            )
-            return out.read_bytes()
+        # qemu-img dd's skip/count differ between versions; a sparse conversion is exact.
+        with tempfile.TemporaryDirectory(prefix="piix3-read-") as tmp:
+            out = Path(tmp) / "image.raw"
+            _qemu_img(["convert", "-U", "-f", "qcow2", "-O", "raw", str(self.path), str(out)])
+            with open(out, "rb") as f:
+                f.seek(lba * SECTOR)
+                data = f.read(count * SECTOR)
+        if len(data) != count * SECTOR:
+            raise DiskImageError(f"read {len(data)} of {count * SECTOR} bytes at LBA {lba} of {self.path}")
+        return data
 
     def write_sectors(self, lba: int, data: bytes) -> None:
         """Write sectors host-side (raw images only), for setting up a test's starting state."""

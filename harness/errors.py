@@ -22,6 +22,10 @@ class HarnessError(Exception):
         return f"{self.message} (see {', '.join(str(p) for p in self.artifacts)})"
 
 
+class ConfigError(HarnessError, ValueError):
+    """A Machine, disk or fault was configured in a way that cannot work; nothing was started."""
+
+
 class HarnessTimeout(HarnessError):
     """A bounded wait ran out: booting, a GDB reply, a driver call, QEMU quitting."""
 

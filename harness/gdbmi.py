@@ -76,6 +76,7 @@ class GdbMi:
         self._buf = b""
         self._token = 0
         self._async: collections.deque[MiRecord] = collections.deque()
+        self._lines: collections.deque[str] = collections.deque()  # read, not yet parsed
         self._t0 = time.monotonic()
 
     # --- lifecycle -------------------------------------------------------------------
@@ -160,12 +161,15 @@ class GdbMi:
         if ready:
             try:
                 chunk = os.read(fd, 1 << 20)
-            except BlockingIOError:
-                chunk = b""
+            except BlockingIOError:  # a spurious wake-up: no data is not end of file
+                return []
             if not chunk:
-                code = self.proc.wait(timeout=GDB_EXIT_TIMEOUT)
-                procs.LIVE_CHILDREN.pop(self.proc.pid, None)
-                raise GdbError(f"GDB exited unexpectedly (exit status {code})", artifacts=self.artifacts)
+                try:
+                    code: int | None = self.proc.wait(timeout=GDB_EXIT_TIMEOUT)
+                    procs.LIVE_CHILDREN.pop(self.proc.pid, None)
+                except subprocess.TimeoutExpired:
+                    code = None
+                raise GdbError(f"GDB closed its output (exit status {code})", artifacts=self.artifacts)
             self._buf += chunk
         if b"\n" not in self._buf:
             return []
@@ -191,11 +195,13 @@ class GdbMi:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise HarnessTimeout(f"GDB gave no {what} within {timeout:.1f} s", artifacts=self.artifacts)
-            for line in self._read_lines(min(remaining, POLL_SLICE) if alive else remaining):
-                rec = MiRecord.parse(line)
+                raise HarnessTimeout(f"GDB gave no {what} within {timeout:g} s", artifacts=self.artifacts)
+            if not self._lines:
+                self._lines.extend(self._read_lines(min(remaining, POLL_SLICE) if alive else remaining))
+            while self._lines:
+                rec = MiRecord.parse(self._lines.popleft())
                 if until(rec):
-                    return rec, console
+                    return rec, console  # lines after it stay queued for the next reader
                 if rec.kind in ("console", "log", "target") and isinstance(rec.payload, str):
                     console.append(rec.payload)
                 elif rec.kind == "notify" or (rec.kind == "result" and rec.token is None):
@@ -234,7 +240,7 @@ class GdbMi:
             except HarnessTimeout:
                 said = "no answer: GDB did not recover"
             raise HarnessTimeout(
-                f"{cmd!r} did not finish within {timeout:.1f} s; interrupted ({said})",
+                f"{cmd!r} did not finish within {timeout:g} s; interrupted ({said})",
                 artifacts=self.artifacts,
             ) from None
         payload = rec.payload if isinstance(rec.payload, dict) else {}

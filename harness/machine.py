@@ -16,6 +16,7 @@ from types import TracebackType
 from harness.ata import Ata
 from harness.disk import DiskImage
 from harness.errors import GdbError, HarnessError, HarnessTimeout
+from harness.faults import Fault
 from harness.gdbmi import GdbMi, MiRecord, is_stopped
 from harness.paths import find_kernel
 from harness.qemu import QemuConfig, QemuPaths, QemuProcess
@@ -69,6 +70,7 @@ class Machine:
         data_path: str = "shm",
         gdb: str = "gdb",
         extra_qemu_args: Sequence[str] = (),
+        faults: Mapping[int, Sequence[Fault]] | None = None,
     ) -> None:
         if data_path not in DATA_PATHS:
             raise HarnessError(f"unknown data_path {data_path!r}; use one of {', '.join(DATA_PATHS)}")
@@ -78,6 +80,7 @@ class Machine:
             firmware=firmware,
             memory_mib=memory_mib,
             extra_args=tuple(extra_qemu_args),
+            faults={d: tuple(f) for d, f in (faults or {}).items()},
         )
         self.call_timeout = call_timeout
         self.boot_timeout = boot_timeout
@@ -159,6 +162,7 @@ class Machine:
             serial_log=self._path("serial.log"),
             qemu_log=self._path("qemu.log"),
             cmdline=self._path("qemu.cmdline"),
+            rundir=self.rundir,
         )
 
     def _boot(self) -> None:

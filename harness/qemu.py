@@ -9,7 +9,7 @@ import select
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -18,7 +18,8 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from harness import procs
 from harness.disk import DiskImage
-from harness.errors import QemuError
+from harness.errors import ConfigError, QemuError
+from harness.faults import Fault, blkdebug_config
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,19 @@ class QemuConfig:
     memory_mib: int = 128
     qemu_binary: str = QEMU_BINARY
     extra_args: tuple[str, ...] = ()
+    faults: Mapping[int, Sequence[Fault]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.firmware not in FIRMWARE:
-            raise ValueError(f"unknown firmware {self.firmware!r}; use one of {', '.join(FIRMWARE)}")
+            raise ConfigError(f"unknown firmware {self.firmware!r}; use one of {', '.join(FIRMWARE)}")
+        for drive, faults in self.faults.items():
+            if faults and drive not in self.disks:
+                raise ConfigError(f"faults given for drive {drive}, which has no disk")
+            if faults and self.disks[drive].format != "raw":
+                raise ConfigError(f"faults need a raw image; drive {drive} is {self.disks[drive].format}")
         for drive in self.disks:
             if not 0 <= drive < MAX_DRIVES:
-                raise ValueError(
+                raise ConfigError(
                     f"drive {drive} does not exist; drives are 0..3 "
                     "(primary master, primary slave, secondary master, secondary slave)"
                 )
@@ -64,6 +71,12 @@ class QemuPaths:
     serial_log: Path
     qemu_log: Path
     cmdline: Path
+    rundir: Path | None = None  # where generated files (blkdebug rules) go
+
+
+def _opt(path: Path) -> str:
+    """A path as a QEMU option value: a literal comma is written twice."""
+    return str(path).replace(",", ",,")
 
 
 def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
@@ -76,7 +89,7 @@ def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
         "-m",
         mem,
         "-object",
-        f"memory-backend-file,id=mem,size={mem},mem-path={paths.ram_file},share=on",
+        f"memory-backend-file,id=mem,size={mem},mem-path={_opt(paths.ram_file)},share=on",
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -85,15 +98,15 @@ def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
         "-kernel",
         str(cfg.kernel),
         "-chardev",
-        f"socket,id=gdb0,path={paths.gdb_socket},server=on,wait=off",
+        f"socket,id=gdb0,path={_opt(paths.gdb_socket)},server=on,wait=off",
         "-gdb",
         "chardev:gdb0",
         "-chardev",
-        f"socket,id=qmp0,path={paths.qmp_socket}",
+        f"socket,id=qmp0,path={_opt(paths.qmp_socket)}",
         "-mon",
         "chardev=qmp0,mode=control",
         "-chardev",
-        f"file,id=ser0,path={paths.serial_log},append=on",
+        f"file,id=ser0,path={_opt(paths.serial_log)},append=on",
         "-serial",
         "chardev:ser0",
     ]
@@ -102,16 +115,15 @@ def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
         argv += ["-bios", bios]
     for drive, disk in sorted(cfg.disks.items()):
         node = f"disk{drive}"
+        file_node: dict[str, object] = {"driver": "file", "filename": str(disk.path)}
+        faults = cfg.faults.get(drive)
+        if faults:
+            rules = (paths.rundir or paths.ram_file.parent) / f"blkdebug{drive}.conf"
+            file_node = {"driver": "blkdebug", "config": str(rules), "image": file_node}
+        top = {"driver": disk.format, "node-name": node, "file": file_node}
         argv += [
             "-blockdev",
-            json.dumps(
-                {"driver": "file", "node-name": f"{node}-file", "filename": str(disk.path)},
-                separators=(",", ":"),
-            ),
-            "-blockdev",
-            json.dumps(
-                {"driver": disk.format, "node-name": node, "file": f"{node}-file"}, separators=(",", ":")
-            ),
+            json.dumps(top, separators=(",", ":")),
             "-device",
             f"ide-hd,drive={node},bus=ide.{drive // 2},unit={drive % 2}",
         ]
@@ -150,6 +162,10 @@ class QemuProcess:
         """Validate disks, spawn QEMU, and wait (bounded, watching QEMU live) for its QMP."""
         for disk in self.config.disks.values():
             disk.validate()
+        for drive, faults in self.config.faults.items():
+            if faults:
+                rules = (self.paths.rundir or self.paths.ram_file.parent) / f"blkdebug{drive}.conf"
+                rules.write_text(blkdebug_config(faults))
         self.paths.cmdline.write_text(" ".join(self.argv) + "\n")
         log.debug("QEMU command line: %s", " ".join(self.argv))
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

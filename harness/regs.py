@@ -1,6 +1,6 @@
 """PIIX3/ATA names for numbers: driver result codes, status and error bits, commands.
 
-Mirrors guest/ata.h and guest/piix3.h; tests/test_regs.py checks they agree.
+Mirrors guest/ata.h and guest/piix3.h; tests/unit/test_regs.py checks they agree.
 """
 
 from __future__ import annotations

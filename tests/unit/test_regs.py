@@ -160,7 +160,9 @@ def test_ata_error_describes_device_error() -> None:
 
 
 def test_ata_error_dma_names_bus_master_status() -> None:
-    err = AtaError(-6, drive=2, operation="write", status=0x51, error=0x84, lba=7, command=0xCA, bm_status=0x06)
+    err = AtaError(
+        -6, drive=2, operation="write", status=0x51, error=0x84, lba=7, command=0xCA, bm_status=0x06
+    )
     text = str(err)
     for part in ("write on drive 2", "DMA", "ERR|DSC|DRDY", "ABRT|ICRC", "WRITE DMA", "bm_status=0x06"):
         assert part in text, (part, text)
