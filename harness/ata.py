@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from harness.errors import AtaError
 from harness.identify import IDENTIFY_BYTES, DriveInfo, parse_identify
 from harness.regs import AtaCode, AtaMode
+from harness.stops import Op, Request
 
 if TYPE_CHECKING:
     from harness.machine import Machine
@@ -45,18 +46,18 @@ class Ata:
             artifacts=self._m.artifact_files(),
         )
 
-    def _call(self, operation: str, drive: int, function: str, *args: int) -> None:
-        rc = self._m.call(function, *args)
+    def _run(self, operation: str, request: Request) -> None:
+        rc = self._m.request(request)
         if rc != AtaCode.OK:
             if rc not in AtaCode._value2member_map_:
                 raise AtaError(
                     AtaCode.INVAL,
-                    drive=drive,
+                    drive=request.drive,
                     operation=operation,
-                    detail=f"{function} returned {rc}, not an ATA_ERR_* code",
+                    detail=f"the driver returned {rc}, not an ATA_ERR_* code",
                     artifacts=self._m.artifact_files(),
                 )
-            raise self._fail(rc, drive, operation)
+            raise self._fail(rc, request.drive, operation)
 
     def _invalid(self, drive: int, operation: str, detail: str) -> AtaError:
         return AtaError(
@@ -82,7 +83,7 @@ class Ata:
     def identify(self, drive: int) -> DriveInfo:
         """IDENTIFY DEVICE, freshly issued to the drive, parsed."""
         buf = self._buffer(IDENTIFY_BYTES, drive, "identify")
-        self._call("identify", drive, "ata_identify", drive, buf)
+        self._run("identify", Request(Op.IDENTIFY, drive=drive, buf=buf))
         return parse_identify(drive, self._m.read_memory(buf, IDENTIFY_BYTES))
 
     def read(self, drive: int, lba: int, count: int, mode: str = DEFAULT_MODE) -> bytes:
@@ -90,7 +91,7 @@ class Ata:
         op = f"read {count} sector(s) at LBA {lba} ({mode})"
         m = self._mode(mode, drive, op)
         buf = self._buffer(max(count, 0) * SECTOR, drive, op)
-        self._call(op, drive, "ata_read", drive, _u64(lba), _u32(count), buf, m)
+        self._run(op, Request(Op.READ, drive=drive, lba=lba, count=count & 0xFFFFFFFF, buf=buf, mode=m))
         return self._m.read_memory(buf, count * SECTOR)
 
     def write(self, drive: int, lba: int, data: bytes, mode: str = DEFAULT_MODE) -> None:
@@ -102,19 +103,21 @@ class Ata:
         m = self._mode(mode, drive, op)
         buf = self._buffer(len(data), drive, op)
         self._m.write_memory(buf, bytes(data))
-        self._call(op, drive, "ata_write", drive, _u64(lba), _u32(count), buf, m)
+        self._run(op, Request(Op.WRITE, drive=drive, lba=lba, count=count, buf=buf, mode=m))
 
     def flush(self, drive: int) -> None:
         """FLUSH CACHE (EXT where the drive supports it)."""
-        self._call("flush", drive, "ata_flush", drive)
+        self._run("flush", Request(Op.FLUSH, drive=drive))
 
     def set_write_cache(self, drive: int, enabled: bool) -> None:
         """SET FEATURES 0x02 (enable) / 0x82 (disable) the drive's volatile write cache."""
-        self._call("set write cache", drive, "ata_set_write_cache", drive, int(bool(enabled)))
+        self._run("set write cache", Request(Op.SET_WCACHE, drive=drive, arg=int(bool(enabled))))
 
     def reset_channel(self, channel: int) -> None:
         """Soft reset (SRST) of channel 0 or 1, then drive detection again."""
-        self._call(f"reset channel {channel}", channel * 2, "ata_reset_channel", channel)
+        self._run(
+            f"reset channel {channel}", Request(Op.RESET_CHANNEL, drive=channel * 2, arg=channel & 0xFFFFFFFF)
+        )
 
     def present(self, drive: int) -> bool:
         return 0 <= drive < 4 and self._m.evaluate_int(f"ata_drives[{drive}].present") != 0
@@ -125,28 +128,3 @@ class Ata:
     def drives(self) -> dict[int, DriveInfo]:
         """Every drive the driver found, by drive number, with fresh IDENTIFY data."""
         return {d: self.identify(d) for d in range(4) if self.present(d)}
-
-
-class _Raw(int):
-    """An int argument spelled with a C cast, so GDB passes the right width."""
-
-    cast = ""
-
-    def __str__(self) -> str:
-        return f"({self.cast}){int(self)}"
-
-
-class _U64(_Raw):
-    cast = "unsigned long long"
-
-
-class _U32(_Raw):
-    cast = "unsigned int"
-
-
-def _u64(v: int) -> int:
-    return _U64(v)
-
-
-def _u32(v: int) -> int:
-    return _U32(v)

@@ -20,11 +20,13 @@ from harness.faults import Fault
 from harness.gdbmi import GdbMi, MiRecord, is_stopped
 from harness.paths import find_kernel
 from harness.qemu import QemuConfig, QemuPaths, QemuProcess
+from harness.stops import REQUEST, Op, Request, Stop
 
 log = logging.getLogger(__name__)
 
 BOOT_TIMEOUT = 15.0  # s, from `continue` to the stop at harness_ready (firmware + driver init)
 CALL_TIMEOUT = 60.0  # s, for one driver call (a 32 MiB PIO transfer included)
+HANG_INTERRUPT_TIMEOUT = 5.0  # s, for a hung guest to stop after -exec-interrupt
 PARK_SYMBOL = "harness_ready"
 ERROR_RECORD_SIZE = 40  # sizeof(struct ata_error_record), checked against the kernel at boot
 SHM_ROOT = Path("/dev/shm")
@@ -97,6 +99,7 @@ class Machine:
         self.failed = False
         self._ram: mmap.mmap | None = None
         self._symbols: dict[str, int] = {}
+        self._seq = 0
 
     # --- context management ----------------------------------------------------------
     def __enter__(self) -> Machine:
@@ -186,7 +189,14 @@ class Machine:
         gdb = self.gdb
         if new_gdb:
             gdb.wait_ready()
-            for setting in ("mi-async on", "confirm off", "pagination off", "width 0", "unwindonsignal on"):
+            for setting in (
+                "mi-async on",
+                "confirm off",
+                "pagination off",
+                "width 0",
+                "unwindonsignal on",
+                "breakpoint always-inserted on",
+            ):
                 gdb.command(f"-gdb-set {setting}")
         gdb.discard_async()
         gdb.command(f"-target-select remote {paths.gdb_socket}", alive=self.qemu.check_alive)
@@ -234,8 +244,15 @@ class Machine:
             ("last_error", "(unsigned)&ata_last_error"),
             ("last_error_size", "sizeof(ata_last_error)"),
             ("init", "harness_init_status"),
+            ("request", "(unsigned)&harness_request"),
+            ("request_size", "sizeof(harness_request)"),
         ):
             self._symbols[name] = self.evaluate_int(expr)
+        if self._symbols["request_size"] != REQUEST.size:
+            raise GdbError(
+                f"struct harness_request is {self._symbols['request_size']} bytes in the kernel, "
+                f"the harness expects {REQUEST.size}: rebuild with `make guest`"
+            )
         if self._symbols["last_error_size"] != ERROR_RECORD_SIZE:
             raise GdbError(
                 f"struct ata_error_record is {self._symbols['last_error_size']} bytes in the kernel, "
@@ -250,6 +267,81 @@ class Machine:
         if self.gdb is None or self.qemu is None:
             raise HarnessError("the machine is not running (use it inside `with Machine(...)`)")
         return self.gdb, self.qemu
+
+    # --- the mailbox: post a request, continue, stop at harness_ready ---------------------
+    def post(self, request: Request) -> None:
+        """Fill the guest's request mailbox; the next cont() runs it."""
+        self._seq = self._read_request()[8]
+        self.write_memory(self.symbol("request"), request.pack(self._seq))
+
+    def _read_request(self) -> tuple[int, ...]:
+        return REQUEST.unpack(self.read_memory(self.symbol("request"), REQUEST.size))
+
+    def cont(self, timeout: float | None = None) -> Stop:
+        """Let the guest run until it stops: at harness_ready (parked), or at a breakpoint.
+
+        A guest that does not stop within the timeout is interrupted; the evidence (stack,
+        registers, serial tail) goes to hang.txt, the machine is reset to harness_ready, and
+        HarnessTimeout is raised.
+        """
+        gdb, qemu = self._live()
+        limit = timeout or self.call_timeout
+        gdb.discard_async()
+        gdb.command("-exec-continue", alive=qemu.check_alive)
+        try:
+            rec = gdb.wait_async(is_stopped, limit, "stop", qemu.check_alive)
+        except HarnessTimeout:
+            raise self._hung(limit) from None
+        payload = rec.payload if isinstance(rec.payload, dict) else {}
+        return Stop.from_mi(payload, PARK_SYMBOL)
+
+    def request(self, request: Request) -> int:
+        """Run one driver request through the mailbox; returns the driver's result code."""
+        self.post(request)
+        stop = self.cont()
+        if not stop.parked:
+            raise GdbError(
+                f"guest stopped at {stop} during {request.op.name} instead of returning to {PARK_SYMBOL}",
+                artifacts=self.artifact_files(),
+            )
+        fields = self._read_request()
+        op, result, seq = fields[0], fields[1], fields[8]
+        if op != Op.NONE or seq != (self._seq + 1) & 0xFFFFFFFF:
+            raise HarnessError(
+                f"the guest rebooted or lost the {request.op.name} request (mailbox op={op} seq={seq}, "
+                f"expected seq {self._seq + 1}); serial log tail: {self.serial_text()[-300:]!r}",
+                artifacts=self.artifact_files(),
+            )
+        return int(result)
+
+    def _hung(self, limit: float) -> HarnessTimeout:
+        """Interrupt a guest that did not stop, keep the evidence, reset; the error to raise."""
+        gdb, qemu = self._live()
+        evidence = [f"the guest did not return to {PARK_SYMBOL} within {limit:g} s"]
+        try:
+            gdb.command("-exec-interrupt", alive=qemu.check_alive)
+            rec = gdb.wait_async(is_stopped, HANG_INTERRUPT_TIMEOUT, "stop after interrupt", qemu.check_alive)
+            evidence.append(f"interrupted at: {rec.payload}")
+            frames = gdb.command("-stack-list-frames", alive=qemu.check_alive).payload.get("stack", [])
+            evidence.append("backtrace:")
+            evidence += [f"  {f}" for f in frames]
+            regs = gdb.command("-data-list-register-values x", alive=qemu.check_alive)
+            evidence.append(f"registers: {regs.payload.get('register-values')}")
+        except HarnessError as exc:
+            evidence.append(f"could not collect more: {exc}")
+        evidence.append("serial tail:\n" + self.serial_text()[-2000:])
+        hang = self._path("hang.txt")
+        hang.write_text("\n".join(evidence) + "\n")
+        self.failed = True
+        try:
+            self.reset()
+            recovered = "the machine was reset to harness_ready"
+        except HarnessError as exc:
+            recovered = f"and could not be reset ({exc}); close it"
+        return HarnessTimeout(
+            f"{evidence[0]}; interrupted, {recovered}",
+            artifacts=[hang, *self.artifact_files()],
+        )
 
     def evaluate_int(self, expr: str, timeout: float | None = None) -> int:
         """Evaluate a C expression in the guest (function calls included) as an integer."""

@@ -1,0 +1,62 @@
+/* harness.c: the park point and the request mailbox the Python harness drives. */
+#include "harness.h"
+#include "x86.h"
+
+uint8_t *const harness_xfer_buf = (uint8_t *)XFER_BUF_ADDR;
+const uint32_t harness_xfer_size = XFER_BUF_SIZE;
+int harness_init_status;		/* ata_init's result */
+struct harness_request harness_request;
+
+/* The park point: the harness breaks here and makes every call from this stopped state.
+   A page of its own, so the breakpoint on it makes QEMU single-step nothing else. */
+__attribute__((noinline, section(".text.park"))) void harness_ready(void)
+{
+	__asm__ volatile("" ::: "memory");
+}
+
+/* Run the posted request, if any; kmain's park loop calls this after each harness_ready. */
+void harness_dispatch(void)
+{
+	struct harness_request *r = &harness_request;
+	void *buf = (void *)(uintptr_t)r->buf;
+	int rc;
+	switch (r->op) {
+	case HARNESS_OP_NONE:
+		return;
+	case HARNESS_OP_IDENTIFY:
+		rc = ata_identify((int)r->drive, buf);
+		break;
+	case HARNESS_OP_READ:
+		rc = ata_read((int)r->drive, r->lba, r->count, buf, (int)r->mode);
+		break;
+	case HARNESS_OP_WRITE:
+		rc = ata_write((int)r->drive, r->lba, r->count, buf, (int)r->mode);
+		break;
+	case HARNESS_OP_FLUSH:
+		rc = ata_flush((int)r->drive);
+		break;
+	case HARNESS_OP_SET_WCACHE:
+		rc = ata_set_write_cache((int)r->drive, (int)r->arg);
+		break;
+	case HARNESS_OP_RESET_CHANNEL:
+		rc = ata_reset_channel((int)r->arg);
+		break;
+	default:
+		rc = ATA_ERR_INVAL;
+		break;
+	}
+	r->result = rc;
+	r->seq++;
+	r->op = HARNESS_OP_NONE;
+}
+
+/* Port access for humans in GDB (gdbinit's ata-status, pci-ide): GDB cannot execute in/out. */
+uint32_t harness_inb(uint32_t port)
+{
+	return inb((uint16_t)port);
+}
+
+void harness_outb(uint32_t port, uint32_t value)
+{
+	outb((uint16_t)port, (uint8_t)value);
+}

@@ -1,0 +1,47 @@
+/* harness.h: what the Python harness reaches by name: the park point, the request mailbox,
+   the transfer buffer, and port helpers for humans in GDB. */
+#ifndef HARNESS_H
+#define HARNESS_H
+#include <stdint.h>
+#include "ata.h"
+
+/* The transfer buffer lives outside the kernel image (multiboot would copy a huge .bss on
+   every boot); it is 64 KiB aligned so DMA needs the fewest PRD entries. */
+#define XFER_BUF_ADDR 0x01000000u
+#define XFER_BUF_SIZE (ATA_MAX_COUNT_LBA48 * ATA_SECTOR_SIZE)
+
+enum harness_op {
+	HARNESS_OP_NONE = 0,
+	HARNESS_OP_IDENTIFY = 1,	/* ata_identify(drive, buf) */
+	HARNESS_OP_READ = 2,		/* ata_read(drive, lba, count, buf, mode) */
+	HARNESS_OP_WRITE = 3,		/* ata_write(drive, lba, count, buf, mode) */
+	HARNESS_OP_FLUSH = 4,		/* ata_flush(drive) */
+	HARNESS_OP_SET_WCACHE = 5,	/* ata_set_write_cache(drive, arg) */
+	HARNESS_OP_RESET_CHANNEL = 6,	/* ata_reset_channel(arg) */
+};
+
+/* The mailbox: the harness fills it while the guest is parked, continues, and reads
+   `result` at the next stop in harness_ready. Fixed layout (read as raw memory). */
+struct harness_request {
+	uint32_t op;		/* enum harness_op; the dispatcher clears it when done */
+	int32_t result;		/* the driver call's return value */
+	uint32_t drive;
+	uint32_t count;
+	uint32_t mode;
+	uint32_t buf;
+	uint64_t lba;
+	uint32_t arg;
+	uint32_t seq;		/* incremented by every dispatch */
+};
+
+extern struct harness_request harness_request;
+extern uint8_t *const harness_xfer_buf;
+extern const uint32_t harness_xfer_size;
+extern int harness_init_status;
+
+void harness_ready(void);
+void harness_dispatch(void);
+uint32_t harness_inb(uint32_t port);
+void harness_outb(uint32_t port, uint32_t value);
+
+#endif
