@@ -53,7 +53,7 @@ run: deps guest
 	$(VENV)/bin/piix3 run $(ARGS)
 
 test: deps guest lint
-	$(VENV)/bin/pytest -n auto $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n auto --piix3-firmware=both $(PYTEST_ARGS)
 
 debug: deps guest
 	$(VENV)/bin/piix3 debug $(ARGS)

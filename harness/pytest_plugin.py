@@ -29,9 +29,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("piix3", "piix3-harness")
     group.addoption(
         "--piix3-firmware",
-        choices=sorted(FIRMWARE),
+        choices=[*sorted(FIRMWARE), "both"],
         default=None,
-        help="firmware for machines made by the fixtures (default: seabios, or $PIIX3_FIRMWARE)",
+        help="firmware for the fixtures' machines; both: run each such test under each "
+        "(default: seabios, or $PIIX3_FIRMWARE)",
     )
     group.addoption(
         "--piix3-keep-artifacts",
@@ -86,13 +87,23 @@ def _piix3_no_leaked_processes() -> Iterator[None]:
         pytest.fail(f"processes left running by this test (now killed): {names}")
 
 
+def _firmware_choice(config: pytest.Config) -> str:
+    chosen = config.getoption("--piix3-firmware") or os.environ.get("PIIX3_FIRMWARE", "seabios")
+    if chosen != "both" and chosen not in FIRMWARE:
+        raise pytest.UsageError(f"PIIX3_FIRMWARE={chosen!r}: use one of {', '.join(FIRMWARE)} or both")
+    return str(chosen)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """With --piix3-firmware both, every test that boots machines runs under each firmware."""
+    if "piix3_firmware" in metafunc.fixturenames and _firmware_choice(metafunc.config) == "both":
+        metafunc.parametrize("piix3_firmware", sorted(FIRMWARE))
+
+
 @pytest.fixture(scope="session")
 def piix3_firmware(pytestconfig: pytest.Config) -> str:
     """The firmware chosen with --piix3-firmware (or $PIIX3_FIRMWARE), default seabios."""
-    chosen = pytestconfig.getoption("--piix3-firmware") or os.environ.get("PIIX3_FIRMWARE", "seabios")
-    if chosen not in FIRMWARE:
-        raise pytest.UsageError(f"PIIX3_FIRMWARE={chosen!r}: use one of {', '.join(FIRMWARE)}")
-    return str(chosen)
+    return _firmware_choice(pytestconfig)
 
 
 def _artifact_root(config: pytest.Config) -> Path:
