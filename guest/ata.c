@@ -9,6 +9,8 @@
  *  - The LBA bit (0x40) in the device register is needed even for EXT commands.
  *  - An out-of-range LBA gives ABRT: we refuse it before touching a port.
  *  - A PRD table shorter than the transfer never completes: tables are built exact.
+ *  - Clearing the bus-master START bit while a request is in flight makes QEMU wait for that
+ *    request (ide_cancel_dma_sync): a DMA timeout leaves the engine alone.
  */
 #include <stddef.h>
 #include "ata.h"
@@ -327,7 +329,8 @@ static int dma_xfer(int drive, uint64_t lba, uint32_t count, uint8_t *buf, int w
 		if ((st & ATA_CB_STAT_ERR) && !(st & ATA_CB_STAT_BSY))
 			break;	/* the drive aborted; the engine may still look active */
 		if (deadline_passed(deadline)) {
-			outb((uint16_t)(ch->bm + BM_CMD), dir);
+			/* The engine is left running: in QEMU, clearing START mid-transfer
+			   waits for the request, forever if it never ends. SRST recovers. */
 			return fail_hw(ATA_ERR_TIMEOUT, ch, st, ATA_PHASE_DMA, lba48);
 		}
 	}

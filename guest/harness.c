@@ -1,5 +1,8 @@
 /* harness.c: the park point and the request mailbox the Python harness drives. */
 #include "harness.h"
+#include "pci.h"
+#include "bench.h"
+#include "selftest.h"
 #include "x86.h"
 
 uint8_t *const harness_xfer_buf = (uint8_t *)XFER_BUF_ADDR;
@@ -41,6 +44,18 @@ void harness_dispatch(void)
 	case HARNESS_OP_RESET_CHANNEL:
 		rc = ata_reset_channel((int)r->arg);
 		break;
+	case HARNESS_OP_BENCH:
+		rc = bench_run((int)r->drive, r->lba, r->count, buf, (int)r->mode,
+			       (r->arg & BENCH_ARG_WRITE) != 0, r->arg & BENCH_ARG_ITERATIONS);
+		break;
+	case HARNESS_OP_SPIN:
+		selftest_spin();
+		rc = ATA_ERR_INVAL;	/* not reached */
+		break;
+	case HARNESS_OP_TRIPLE_FAULT:
+		selftest_triple_fault();
+		rc = ATA_ERR_INVAL;	/* not reached */
+		break;
 	default:
 		rc = ATA_ERR_INVAL;
 		break;
@@ -59,4 +74,15 @@ uint32_t harness_inb(uint32_t port)
 void harness_outb(uint32_t port, uint32_t value)
 {
 	outb((uint16_t)port, (uint8_t)value);
+}
+
+uint32_t harness_inl(uint32_t port)
+{
+	return inl((uint16_t)port);
+}
+
+/* PCI configuration space for humans in GDB (gdbinit's pci-ide): bdf as pci_find returns it. */
+uint32_t harness_pci_read32(uint32_t bdf, uint32_t off)
+{
+	return pci_read32(bdf, (uint8_t)off);
 }

@@ -18,6 +18,9 @@ enum harness_op {
 	HARNESS_OP_FLUSH = 4,		/* ata_flush(drive) */
 	HARNESS_OP_SET_WCACHE = 5,	/* ata_set_write_cache(drive, arg) */
 	HARNESS_OP_RESET_CHANNEL = 6,	/* ata_reset_channel(arg) */
+	HARNESS_OP_BENCH = 7,		/* bench_run(drive, lba, count, buf, mode, arg: see bench.h) */
+	HARNESS_OP_TRIPLE_FAULT = 90,	/* test-only: selftest_triple_fault(), the CPU resets */
+	HARNESS_OP_SPIN = 91,		/* test-only: selftest_spin(), never returns */
 };
 
 /* The mailbox: the harness fills it while the guest is parked, continues, and reads
@@ -43,5 +46,7 @@ void harness_ready(void);
 void harness_dispatch(void);
 uint32_t harness_inb(uint32_t port);
 void harness_outb(uint32_t port, uint32_t value);
+uint32_t harness_inl(uint32_t port);
+uint32_t harness_pci_read32(uint32_t bdf, uint32_t off);
 
 #endif

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from harness.errors import AtaError
+from harness.errors import AtaError, GdbError
 from harness.identify import IDENTIFY_BYTES, DriveInfo, parse_identify
 from harness.regs import AtaCode, AtaMode
 from harness.stops import Op, Request
@@ -17,6 +18,40 @@ SECTOR = 512
 DEFAULT_MODE = "dma"  # what Linux uses on a PIIX3, and ~10x faster than PIO under QEMU
 MODES = {"pio": AtaMode.PIO, "dma": AtaMode.DMA}
 _ERROR_RECORD = struct.Struct("<iIIIIIIIQ")  # struct ata_error_record in guest/ata.h
+_BENCH_RESULT = struct.Struct("<iIQQQQQ")  # struct bench_result in guest/bench.h
+BENCH_ARG_WRITE = 0x80000000  # guest/bench.h: harness_request.arg's direction bit
+BENCH_MAX_ITERATIONS = 0x7FFFFFFF
+BENCH_OPS = ("read", "write")
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One in-guest benchmark run (guest/bench.c): `iterations` driver calls of `count`
+    sectors each, timed with the guest's TSC around each call, nothing of the harness inside."""
+
+    drive: int
+    op: str  # "read" | "write"
+    mode: str  # "pio" | "dma"
+    count: int  # sectors per command
+    iterations: int
+    cycles: int  # TSC ticks inside the driver calls, summed
+    bytes: int
+    tsc_per_ms: int  # the guest's calibration against the PIT at boot
+    min_cycles: int
+    max_cycles: int
+
+    @property
+    def seconds(self) -> float:
+        return self.cycles / (self.tsc_per_ms * 1000) if self.tsc_per_ms else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        """Decimal megabytes per second (the unit of the Linux figures)."""
+        return self.bytes / self.seconds / 1e6 if self.seconds else 0.0
+
+    @property
+    def us_per_command(self) -> float:
+        return self.seconds * 1e6 / self.iterations if self.iterations else 0.0
 
 
 class Ata:
@@ -25,6 +60,7 @@ class Ata:
 
     def __init__(self, machine: Machine) -> None:
         self._m = machine
+        self._bench_result: int | None = None  # &bench_result, resolved on first use
 
     # --- helpers -----------------------------------------------------------------------
     def _fail(self, code: int, drive: int, operation: str, detail: str = "") -> AtaError:
@@ -118,6 +154,57 @@ class Ata:
         self._run(
             f"reset channel {channel}", Request(Op.RESET_CHANNEL, drive=channel * 2, arg=channel & 0xFFFFFFFF)
         )
+
+    def bench(
+        self,
+        drive: int,
+        op: str = "read",
+        mode: str = DEFAULT_MODE,
+        count: int = 2048,
+        iterations: int = 16,
+        lba: int = 0,
+    ) -> BenchResult:
+        """Time `iterations` transfers of `count` sectors inside the guest (TSC around each
+        driver call), at sequential LBAs from `lba`, wrapping to 0 at the end of the disk.
+        A write benchmark writes whatever the transfer buffer holds over those sectors."""
+        name = f"bench {op} {iterations} x {count} sector(s) at LBA {lba} ({mode})"
+        if op not in BENCH_OPS:
+            raise self._invalid(drive, name, f"op {op!r} is not one of {', '.join(BENCH_OPS)}")
+        if not 1 <= iterations <= BENCH_MAX_ITERATIONS:
+            raise self._invalid(drive, name, f"iterations {iterations} is not in 1..{BENCH_MAX_ITERATIONS}")
+        m = self._mode(mode, drive, name)
+        buf = self._buffer(max(count, 0) * SECTOR, drive, name)
+        arg = iterations | (BENCH_ARG_WRITE if op == "write" else 0)
+        request = Request(Op.BENCH, drive=drive, lba=lba, count=count & 0xFFFFFFFF, buf=buf, mode=m, arg=arg)
+        self._run(name, request)
+        raw = _BENCH_RESULT.unpack(self._m.read_memory(self._bench_addr(), _BENCH_RESULT.size))
+        _result, done, cycles, nbytes, tsc_per_ms, min_cycles, max_cycles = raw
+        return BenchResult(drive, op, mode, count, done, cycles, nbytes, tsc_per_ms, min_cycles, max_cycles)
+
+    def _bench_addr(self) -> int:
+        if self._bench_result is None:
+            size = self._m.evaluate_int("sizeof(bench_result)")
+            if size != _BENCH_RESULT.size:
+                raise GdbError(
+                    f"struct bench_result is {size} bytes in the kernel, the harness expects "
+                    f"{_BENCH_RESULT.size}: rebuild with `make guest`",
+                    artifacts=self._m.artifact_files(),
+                )
+            self._bench_result = self._m.evaluate_int("(unsigned)&bench_result")
+        return self._bench_result
+
+    @property
+    def timeout_ms(self) -> int:
+        """The driver's bound on every wait for the drive (ata_timeout_ms), in ms."""
+        return self._m.evaluate_int("ata_timeout_ms")
+
+    @timeout_ms.setter
+    def timeout_ms(self, value: int) -> None:
+        if not 1 <= value <= 600_000:
+            raise AtaError(
+                AtaCode.INVAL, drive=0, operation="set timeout_ms", detail=f"{value} is not 1..600000 ms"
+            )
+        self._m.evaluate_int(f"ata_timeout_ms = {int(value)}")
 
     def present(self, drive: int) -> bool:
         return 0 <= drive < 4 and self._m.evaluate_int(f"ata_drives[{drive}].present") != 0

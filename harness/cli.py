@@ -1,4 +1,4 @@
-"""The `piix3` command: run (the first promise), debug, bench, inspect."""
+"""The `piix3` command: run (the first promise), debug, trace, bench, inspect."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from harness import message
 from harness.disk import DiskImage
@@ -202,6 +202,56 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    """One driver operation recorded from both sides, printed side by side."""
+    from harness.devtrace import trace_operation
+    from harness.ports import normalize
+
+    image = Path(args.image)
+    if not image.exists():
+        DiskImage.create(image, size_mib=args.size_mib)
+    op, rest = args.op, list(args.args)
+    usage = {"identify": "[DRIVE]", "flush": "[DRIVE]", "read": "LBA [COUNT]", "write": "LBA TEXT"}
+    try:
+        if op in ("identify", "flush"):
+            if len(rest) > 1:
+                raise ValueError
+            kw: dict[str, Any] = {"drive": int(rest[0], 0) if rest else args.drive}
+        elif op == "read":
+            if not 1 <= len(rest) <= 2:
+                raise ValueError
+            kw = {
+                "drive": args.drive,
+                "lba": int(rest[0], 0),
+                "count": int(rest[1], 0) if len(rest) > 1 else 1,
+            }
+        else:
+            if len(rest) != 2:
+                raise ValueError
+            text = rest[1].encode()
+            kw = {
+                "drive": args.drive,
+                "lba": int(rest[0], 0),
+                "data": text.ljust(-(-max(len(text), 1) // 512) * 512, b"\0"),
+            }
+    except ValueError:
+        print(f"usage: piix3 trace {op} {usage[op]}", file=sys.stderr)
+        return 2
+    with Machine(disks=[DiskImage(image)], firmware=args.firmware) as m:
+        traced = trace_operation(m, op, mode=args.mode, ports=args.ports or ("ide",), **kw)
+    print(f"piix3 trace: {traced.title}, image {image}: {traced.result}")
+    if args.raw:
+        for side, events in (
+            ("driver side (GDB)", traced.driver),
+            ("device side (QEMU trace)", traced.device),
+        ):
+            print(f"{side}: {len(events)} accesses")
+            for ev in normalize(events):
+                print(f"  {ev}")
+    print(traced.comparison.render(only_diff=args.only_diff))
+    return 0 if traced.comparison.ok else 1
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from harness import bench
 
@@ -237,8 +287,30 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--count", type=int, default=1)
     ins.set_defaults(func=cmd_inspect)
 
+    tr = sub.add_parser(
+        "trace",
+        help="run one driver operation; print its port accesses from GDB and from QEMU side by side",
+        description="e.g. piix3 trace write 5 hello | read 5 [COUNT] | identify [DRIVE] | flush [DRIVE]",
+    )
+    common(tr)
+    tr.add_argument("op", choices=["identify", "read", "write", "flush"])
+    tr.add_argument("args", nargs="*", help="write: LBA TEXT; read: LBA [COUNT]; identify/flush: [DRIVE]")
+    tr.add_argument("--drive", type=int, default=0, help="drive for read/write (default 0)")
+    tr.add_argument("--mode", choices=["dma", "pio"], default="dma", help="transfer mode (default dma)")
+    tr.add_argument("--ports", nargs="+", help="ports or names to watch (default: every IDE port)")
+    tr.add_argument("--only-diff", action="store_true", help="print only the rows where the records differ")
+    tr.add_argument("--raw", action="store_true", help="also list each side on its own")
+    tr.set_defaults(func=cmd_trace)
+
     b = sub.add_parser("bench", help="measure start, reset, calls, throughput; print a table")
-    b.add_argument("--repeat", type=int, default=20, help="samples per measurement (median reported)")
+    b.add_argument(
+        "--repeat",
+        type=int,
+        help="samples per timing measurement, median reported (default 20; 5 with --quick)",
+    )
+    b.add_argument(
+        "--quick", action="store_true", help="fewer and shorter samples (about a third of the time)"
+    )
     b.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     b.add_argument("--firmware", choices=sorted(FIRMWARE), default="seabios")
     b.set_defaults(func=cmd_bench)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import stat
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -124,6 +126,13 @@ class DiskImage:
             raise DiskImageError(
                 f"disk image {self.path} is {st.st_size} bytes, not a positive multiple of {SECTOR}"
             )
+        holder = _qemu_lock_holder(self.path)
+        if holder is not None:
+            raise DiskImageError(
+                f"disk image {self.path} is in use by another QEMU "
+                f"({'it' if holder < 0 else f'pid {holder}'} holds its image lock); "
+                "close that machine first, or give this one a copy"
+            )
 
     def _check_range(self, lba: int, count: int) -> None:
         if lba < 0 or count < 0 or lba + count > self.sectors:
@@ -159,6 +168,29 @@ class DiskImage:
         with open(self.path, "r+b") as f:
             f.seek(lba * SECTOR)
             f.write(data)
+
+
+# QEMU's file driver takes open-file-description locks on bytes 100.. (permissions it holds)
+# and 200.. (permissions it refuses to share) of every image it opens.
+_QEMU_LOCK_START = 100
+_QEMU_LOCK_LEN = 200
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock on Linux x86_64: type, whence, start, len, pid
+
+
+def _qemu_lock_holder(path: Path) -> int | None:
+    """The pid holding a QEMU image lock on path (-1 if unknown), or None if it is free."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, _QEMU_LOCK_START, _QEMU_LOCK_LEN, 0)
+        lock_type, _, _, _, pid = _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_OFD_GETLK, query))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None if lock_type == fcntl.F_UNLCK else pid
 
 
 def _qemu_img(args: list[str]) -> str:

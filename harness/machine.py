@@ -12,24 +12,31 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from harness.ata import Ata
 from harness.disk import DiskImage
-from harness.errors import GdbError, HarnessError, HarnessTimeout
+from harness.errors import GdbError, HarnessError, HarnessTimeout, QemuError
 from harness.faults import Fault
 from harness.gdbmi import GdbMi, MiRecord, is_stopped
 from harness.paths import find_kernel
 from harness.qemu import QemuConfig, QemuPaths, QemuProcess
 from harness.stops import REQUEST, Op, Request, Stop
 
+if TYPE_CHECKING:
+    from harness.devtrace import DeviceTrace
+    from harness.ports import PortBreakpoint, PortsAgent, PortWatch
+
 log = logging.getLogger(__name__)
 
 BOOT_TIMEOUT = 15.0  # s, from `continue` to the stop at harness_ready (firmware + driver init)
 CALL_TIMEOUT = 60.0  # s, for one driver call (a 32 MiB PIO transfer included)
+EVENT_WAIT = 0.05  # s, to let QMP events already sent by QEMU be read
 HANG_INTERRUPT_TIMEOUT = 5.0  # s, for a hung guest to stop after -exec-interrupt
 PARK_SYMBOL = "harness_ready"
 ERROR_RECORD_SIZE = 40  # sizeof(struct ata_error_record), checked against the kernel at boot
 SHM_ROOT = Path("/dev/shm")
+TRACE_FILE = "qemu-trace.log"  # QEMU's -D log: device-side trace events (harness/devtrace.py)
 DATA_PATHS = ("shm", "gdb")
 
 
@@ -73,6 +80,7 @@ class Machine:
         gdb: str = "gdb",
         extra_qemu_args: Sequence[str] = (),
         faults: Mapping[int, Sequence[Fault]] | None = None,
+        io_error: str = "report",
     ) -> None:
         if data_path not in DATA_PATHS:
             raise HarnessError(f"unknown data_path {data_path!r}; use one of {', '.join(DATA_PATHS)}")
@@ -83,6 +91,7 @@ class Machine:
             memory_mib=memory_mib,
             extra_args=tuple(extra_qemu_args),
             faults={d: tuple(f) for d, f in (faults or {}).items()},
+            io_error=io_error,
         )
         self.call_timeout = call_timeout
         self.boot_timeout = boot_timeout
@@ -100,6 +109,8 @@ class Machine:
         self._ram: mmap.mmap | None = None
         self._symbols: dict[str, int] = {}
         self._seq = 0
+        self._ports: PortsAgent | None = None  # port watching, loaded into GDB on first use
+        self._device_traces = 0  # active device_trace() contexts
 
     # --- context management ----------------------------------------------------------
     def __enter__(self) -> Machine:
@@ -113,6 +124,8 @@ class Machine:
 
     def start(self) -> None:
         """Boot to the park point; on any failure everything started is torn down."""
+        for disk in self.config.disks.values():
+            disk.validate()  # before any process starts
         self.rundir = _private_dir()
         self.artifacts = self._artifacts_arg or self.rundir / "artifacts"
         self.artifacts.mkdir(parents=True, exist_ok=True)
@@ -166,6 +179,7 @@ class Machine:
             qemu_log=self._path("qemu.log"),
             cmdline=self._path("qemu.cmdline"),
             rundir=self.rundir,
+            trace_log=self._path(TRACE_FILE),
         )
 
     def _boot(self) -> None:
@@ -198,6 +212,9 @@ class Machine:
                 "breakpoint always-inserted on",
             ):
                 gdb.command(f"-gdb-set {setting}")
+            # QEMU reports a VM paused on an I/O error (rerror/werror=stop) as SIGIO; GDB's
+            # default (nostop, pass) resumes it at once, forever.
+            gdb.command("handle SIGIO stop print")
         gdb.discard_async()
         gdb.command(f"-target-select remote {paths.gdb_socket}", alive=self.qemu.check_alive)
         # The first stop after connecting is QEMU's reset vector: not ours to report.
@@ -293,7 +310,31 @@ class Machine:
         except HarnessTimeout:
             raise self._hung(limit) from None
         payload = rec.payload if isinstance(rec.payload, dict) else {}
-        return Stop.from_mi(payload, PARK_SYMBOL)
+        stop = Stop.from_mi(payload, PARK_SYMBOL)
+        if payload.get("reason") == "signal-received":
+            self._check_paused(stop)
+        if not stop.parked and self._ports is not None and self._ports.active:
+            stop = self._ports.explain(stop)  # a port breakpoint: what the access was
+        return stop
+
+    def _check_paused(self, stop: Stop) -> None:
+        """A signal stop may be QEMU pausing the VM (io-error); say so instead of hanging."""
+        _, qemu = self._live()
+        status = qemu.command("query-status")
+        events = [e for e in qemu.events() if e.get("event") in ("BLOCK_IO_ERROR", "STOP")]
+        if status.get("status") == "io-error":
+            detail = "; ".join(
+                f"{e['data'].get('device') or e['data'].get('node-name')}: {e['data'].get('operation')} "
+                f"{e['data'].get('reason', '')}"
+                for e in events
+                if e.get("event") == "BLOCK_IO_ERROR"
+            )
+            raise QemuError(
+                f"QEMU paused the VM on an I/O error (io_error='stop'): {detail or 'no event detail'}; "
+                f"the guest stopped at {stop}. reset() or power_cycle() to go on",
+                log_path=self._path("qemu.log"),
+                artifacts=self.artifact_files(),
+            )
 
     def request(self, request: Request) -> int:
         """Run one driver request through the mailbox; returns the driver's result code."""
@@ -307,6 +348,20 @@ class Machine:
         fields = self._read_request()
         op, result, seq = fields[0], fields[1], fields[8]
         if op != Op.NONE or seq != (self._seq + 1) & 0xFFFFFFFF:
+            _, qemu = self._live()
+            resets = [
+                e
+                for e in qemu.events(wait=EVENT_WAIT)
+                if e.get("event") == "RESET" and e["data"].get("guest")
+            ]
+            if resets:
+                raise QemuError(
+                    f"the guest reset itself during {request.op.name} "
+                    f"(QEMU: {resets[-1]['data'].get('reason')}; a triple fault resets a pc machine) "
+                    f"and booted again to {PARK_SYMBOL}",
+                    log_path=self._path("qemu.log"),
+                    artifacts=self.artifact_files(),
+                )
             raise HarnessError(
                 f"the guest rebooted or lost the {request.op.name} request (mailbox op={op} seq={seq}, "
                 f"expected seq {self._seq + 1}); serial log tail: {self.serial_text()[-300:]!r}",
@@ -416,3 +471,57 @@ class Machine:
     @property
     def pids(self) -> list[int]:
         return [p for p in (self.qemu and self.qemu.pid, self.gdb and self.gdb.pid) if p]
+
+    # --- port I/O: driver side through GDB (harness/ports.py), device side from QEMU -----------
+    @property
+    def ports(self) -> PortsAgent:
+        """The GDB-side port agent (loaded into GDB on first use)."""
+        if self._ports is None:
+            from harness.ports import PortsAgent
+
+            self._ports = PortsAgent(self)
+        return self._ports
+
+    @property
+    def trace_log(self) -> Path | None:
+        """QEMU's -D log file, where device_trace() events go."""
+        return self._path(TRACE_FILE) if self.artifacts is not None else None
+
+    def watch_ports(
+        self, *ports: int | range | str | tuple[int, int], capture: int | None = None
+    ) -> PortWatch:
+        """`with m.watch_ports("primary", 0x3F6) as io:` records every in/out/ins/outs to those
+        ports (ints, ranges, names: see PortMap.named_ranges; none means every IDE port) while
+        active: breakpoints on each port instruction in the kernel, auto-continuing, all deleted
+        on exit. `io.events` lists PortAccess events; string transfers keep up to `capture` bytes."""
+        from harness.ports import DATA_CAPTURE_LIMIT, PortWatch
+
+        agent = self.ports
+        ranges = agent.port_map().ranges(ports)
+        what = ", ".join(str(p) for p in ports) or "ide"
+        return PortWatch(agent, ranges, what, DATA_CAPTURE_LIMIT if capture is None else capture)
+
+    def break_on_port(
+        self,
+        port: int | range | str | tuple[int, int],
+        direction: str | None = None,
+        value: int | None = None,
+    ) -> PortBreakpoint:
+        """Stop the guest when it accesses `port` (optionally only `direction` "in"/"out", only
+        `value`). Use with post() + cont(): cont() returns a Stop whose `access` is the
+        PortAccess. An `out` stops before the device sees the value; an `in` stops right after
+        it, with the value read. `bp.delete()` (or a `with` block) removes it."""
+        from harness.ports import PortBreakpoint
+
+        agent = self.ports
+        ranges = agent.port_map().ranges([port])
+        return PortBreakpoint(
+            agent, ranges, str(port) if not isinstance(port, int) else f"{port:#x}", direction, value
+        )
+
+    def device_trace(self, patterns: Sequence[str] | None = None) -> DeviceTrace:
+        """`with m.device_trace() as dev:` records what QEMU's IDE/bus-master emulation saw
+        (its ide_*/bmdma_* trace events) while active; `dev.events` are PortAccess events."""
+        from harness.devtrace import TRACE_PATTERNS, DeviceTrace
+
+        return DeviceTrace(self, patterns or TRACE_PATTERNS)

@@ -50,6 +50,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "qemu: starts real QEMU and GDB (integration test)")
+    config.addinivalue_line(
+        "markers",
+        "piix3_faults(faults): the `machine` fixture injects these disk errors, "
+        "e.g. piix3_faults({0: [Fault('read', sector=500)]})",
+    )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -59,6 +64,10 @@ def pytest_runtest_makereport(
     report = yield
     item.stash.setdefault(_REPORTS, {})[report.when] = report
     dirs = item.stash.get(_ARTIFACT_DIRS, [])
+    if report.when == "call" and dirs and isinstance(item, pytest.Function):
+        for d in dirs:
+            if ("piix3_artifacts", str(d)) not in item.user_properties:
+                item.user_properties.append(("piix3_artifacts", str(d)))
     if report.failed and dirs:
         report.sections.append(
             (
@@ -151,9 +160,12 @@ def disk(tmp_path: Path) -> DiskImage:
 
 
 @pytest.fixture
-def machine(machine_factory: MachineFactory, disk: DiskImage) -> Machine:
-    """A machine with `disk` as drive 0 (primary master), stopped at harness_ready."""
-    return machine_factory(disks=[disk])
+def machine(request: pytest.FixtureRequest, machine_factory: MachineFactory, disk: DiskImage) -> Machine:
+    """A machine with `disk` as drive 0 (primary master), stopped at harness_ready; a
+    `piix3_faults` marker on the test injects disk errors."""
+    marker = request.node.get_closest_marker("piix3_faults")
+    faults = marker.args[0] if marker and marker.args else marker.kwargs.get("faults") if marker else None
+    return machine_factory(disks=[disk], faults=faults)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

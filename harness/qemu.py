@@ -31,6 +31,7 @@ QEMU_EXIT_GRACE = 1.0  # s, for a QEMU that hung up on us to finish exiting
 POLL_SLICE = 0.02  # s, how often a wait for QEMU checks that it is still alive
 FIRMWARE = {"seabios": None, "qboot": "/usr/share/qemu/qboot.rom"}
 MAX_DRIVES = 4
+IO_ERROR_POLICIES = ("report", "stop")
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,17 @@ class QemuConfig:
     qemu_binary: str = QEMU_BINARY
     extra_args: tuple[str, ...] = ()
     faults: Mapping[int, Sequence[Fault]] = field(default_factory=dict)
+    io_error: str = "report"  # report: the guest sees an ATA error; stop: QEMU pauses (rerror/werror=stop)
 
     def __post_init__(self) -> None:
         if self.firmware not in FIRMWARE:
             raise ConfigError(f"unknown firmware {self.firmware!r}; use one of {', '.join(FIRMWARE)}")
-        for drive, faults in self.faults.items():
-            if faults and drive not in self.disks:
+        if self.io_error not in IO_ERROR_POLICIES:
+            raise ConfigError(f"io_error {self.io_error!r} is not one of {', '.join(IO_ERROR_POLICIES)}")
+        for drive in self.faults:
+            if drive not in self.disks:
                 raise ConfigError(f"faults given for drive {drive}, which has no disk")
-            if faults and self.disks[drive].format != "raw":
+            if self.disks[drive].format != "raw":
                 raise ConfigError(f"faults need a raw image; drive {drive} is {self.disks[drive].format}")
         for drive in self.disks:
             if not 0 <= drive < MAX_DRIVES:
@@ -72,6 +76,7 @@ class QemuPaths:
     qemu_log: Path
     cmdline: Path
     rundir: Path | None = None  # where generated files (blkdebug rules) go
+    trace_log: Path | None = None  # QEMU's log file (-D): trace events, switched on at runtime
 
 
 def _opt(path: Path) -> str:
@@ -110,14 +115,15 @@ def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
         "-serial",
         "chardev:ser0",
     ]
+    if paths.trace_log is not None:
+        argv += ["-D", str(paths.trace_log)]  # a plain file name, not an option string
     bios = FIRMWARE[cfg.firmware]
     if bios:
         argv += ["-bios", bios]
     for drive, disk in sorted(cfg.disks.items()):
         node = f"disk{drive}"
         file_node: dict[str, object] = {"driver": "file", "filename": str(disk.path)}
-        faults = cfg.faults.get(drive)
-        if faults:
+        if drive in cfg.faults:
             rules = (paths.rundir or paths.ram_file.parent) / f"blkdebug{drive}.conf"
             file_node = {"driver": "blkdebug", "config": str(rules), "image": file_node}
         top = {"driver": disk.format, "node-name": node, "file": file_node}
@@ -125,7 +131,8 @@ def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
             "-blockdev",
             json.dumps(top, separators=(",", ":")),
             "-device",
-            f"ide-hd,drive={node},bus=ide.{drive // 2},unit={drive % 2}",
+            f"ide-hd,id=drive{drive},drive={node},bus=ide.{drive // 2},unit={drive % 2}"
+            + (",rerror=stop,werror=stop" if cfg.io_error == "stop" else ""),
         ]
     return argv + list(cfg.extra_args)
 
@@ -163,9 +170,8 @@ class QemuProcess:
         for disk in self.config.disks.values():
             disk.validate()
         for drive, faults in self.config.faults.items():
-            if faults:
-                rules = (self.paths.rundir or self.paths.ram_file.parent) / f"blkdebug{drive}.conf"
-                rules.write_text(blkdebug_config(faults))
+            rules = (self.paths.rundir or self.paths.ram_file.parent) / f"blkdebug{drive}.conf"
+            rules.write_text(blkdebug_config(faults))
         self.paths.cmdline.write_text(" ".join(self.argv) + "\n")
         log.debug("QEMU command line: %s", " ".join(self.argv))
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -241,6 +247,19 @@ class QemuProcess:
         code = self.poll()
         if code is not None:
             raise self._error("QEMU exited unexpectedly", exit_code=code)
+
+    def events(self, wait: float = 0.0) -> list[dict[str, Any]]:
+        """QMP events received so far (RESET, STOP, BLOCK_IO_ERROR, ...), oldest first; clears them.
+        With wait, reads for up to that long first, so events QEMU already sent arrive."""
+        if self.qmp is None:
+            return []
+        try:
+            if wait:
+                with contextlib.suppress(Exception):  # nothing new within `wait` is fine
+                    self.qmp.get_events(wait=wait)
+            return list(self.qmp.get_events(wait=False))
+        except Exception:  # a dead QMP connection has no events to give
+            return []
 
     def command(self, name: str, **args: object) -> Any:
         """One QMP command; its result, or QemuError."""

@@ -5,7 +5,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.ports import PortAccess
 
 # struct harness_request in guest/harness.h
 REQUEST = struct.Struct("<IiIIIIQII")
@@ -21,6 +24,9 @@ class Op(IntEnum):
     FLUSH = 4
     SET_WCACHE = 5
     RESET_CHANNEL = 6
+    BENCH = 7
+    TRIPLE_FAULT = 90  # test-only: the guest triple-faults
+    SPIN = 91  # test-only: the call never returns
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,7 @@ class Stop:
     address: int
     reason: str
     parked: bool  # stopped at harness_ready: the posted request (if any) is done
-    access: Any = None
+    access: PortAccess | None = None  # the port access that stopped it (m.break_on_port)
 
     @classmethod
     def from_mi(cls, payload: dict[str, Any], park_symbol: str) -> Stop:
@@ -78,4 +84,4 @@ class Stop:
 
     def __str__(self) -> str:
         where = f"{self.function}" + (f":{self.line}" if self.line else "") + f" ({self.address:#x})"
-        return f"{where}, {self.reason}"
+        return f"{where}, {self.reason}" + (f": {self.access}" if self.access is not None else "")

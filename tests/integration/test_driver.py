@@ -47,9 +47,9 @@ def test_drive_positions_are_detected(
         status = "QEMU HARDDISK" if d in positions else "none"
         assert f"drive {d} ({NAMES[d]}): {status}" in log
     for d in set(range(4)) - set(positions):
-        with pytest.raises(AtaError) as info:
+        with pytest.raises(AtaError) as refused:
             m.ata.read(d, 0, 1)
-        assert info.value.code is AtaCode.NODEV
+        assert refused.value.code is AtaCode.NODEV
 
 
 def test_firmware_state_is_handled(

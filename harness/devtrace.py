@@ -1,0 +1,324 @@
+"""The device side: what QEMU's IDE and bus-master emulation saw, from its own trace events.
+
+Debian's QEMU has the "log" trace backend: the harness starts QEMU with `-D qemu-trace.log`,
+and `m.device_trace()` switches the ide_* and bmdma_* events on (QMP trace-event-set-state)
+for as long as it is active, then parses the new lines into PortAccess events, the type the
+driver side (harness/ports.py) records, plus DeviceAction notes (command executed, sectors
+read or written, DMA callbacks, resets).
+
+QEMU 7.2's bmdma_read/bmdma_write lines give the register offset within a channel but not the
+channel, and bmdma_addr_* not even the offset: a bus-master access is given the channel of
+the next IDE register access in the trace (else the previous one), which is right for a driver
+that sets up the bus master, issues the command, polls and stops on one channel at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from harness.errors import HarnessError, QemuError
+from harness.ports import (
+    BM_CHANNEL_STRIDE,
+    PRIMARY_CMD,
+    PRIMARY_CTRL,
+    SECONDARY_CMD,
+    SECONDARY_CTRL,
+    Comparison,
+    PortAccess,
+    PortError,
+    PortMap,
+    compare,
+    normalize,
+)
+from harness.regs import command_name
+
+if TYPE_CHECKING:
+    from harness.machine import Machine
+
+log = logging.getLogger(__name__)
+
+TRACE_PATTERNS = ("ide_*", "bmdma_*")  # QMP trace-event-set-state names (globs allowed)
+TRACE_FILE = "qemu-trace.log"
+
+_PREFIX = re.compile(r"^(?:\d+@\d+\.\d+:)?(?P<event>[a-z0-9_]+) (?P<text>.*)$")
+_PIO = re.compile(
+    r"IDE PIO (?P<rw>rd|wr) @ 0x(?P<port>[0-9a-f]+) \((?P<reg>[^)]*)\); val 0x(?P<val>[0-9a-f]+)"
+    r"(?:; bus (?P<bus>\S+?);?(?: IDEState (?P<state>\S+))?)?$"
+)
+_BMDMA = re.compile(r"bmdma: (?P<rw>read|write)b 0x(?P<off>[0-9a-f]+) : 0x(?P<val>[0-9a-f]+)$")
+_BMDMA_ADDR = re.compile(r"data: 0x(?P<val>[0-9a-f]+)$")
+_PIO_EVENTS = {
+    "ide_ioport_read": 1,
+    "ide_ioport_write": 1,
+    "ide_status_read": 1,
+    "ide_ctrl_write": 1,
+    "ide_cmd_write": 1,  # the older name of ide_ctrl_write
+    "ide_data_readw": 2,
+    "ide_data_writew": 2,
+    "ide_data_readl": 4,
+    "ide_data_writel": 4,
+}
+_SKIP = {"bmdma_cmd_writeb"}  # a second line for the bmdma_write to offset 0 just before it
+
+
+@dataclass(frozen=True)
+class DeviceAction:
+    """Something the device did rather than a register access: `ide_exec_cmd`,
+    `ide_sector_write`, `ide_dma_cb`, `ide_reset`, ... `index` is how many port events came
+    before it in the same trace."""
+
+    event: str
+    detail: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.event}: {self.detail}".rstrip(": ")
+
+    def short(self) -> str:
+        """'exec cmd 0xca (WRITE DMA)', 'sector write 5+1', ... for tables."""
+        if self.event == "ide_exec_cmd":
+            m = re.search(r"cmd 0x([0-9a-f]+)", self.detail)
+            if m:
+                return f"exec cmd {int(m.group(1), 16):#04x} ({command_name(int(m.group(1), 16))})"
+        m = re.fullmatch(r"sector=(\d+) nsectors=(\d+)", self.detail)
+        if m and self.event in ("ide_sector_read", "ide_sector_write"):
+            return f"{self.event[4:].replace('_', ' ')} LBA {m.group(1)} +{m.group(2)}"
+        m = re.search(r"sector_num=(\d+) n=(\d+) cmd=(.*)$", self.detail)
+        if m and self.event == "ide_dma_cb":
+            return f"dma {m.group(3).lower()} LBA {m.group(1)} +{m.group(2)}"
+        return self.event.replace("_", " ")
+
+
+@dataclass
+class DeviceRecord:
+    """A parsed trace: port events in order, and the device's own actions between them."""
+
+    events: list[PortAccess] = field(default_factory=list)
+    actions: list[DeviceAction] = field(default_factory=list)
+    unparsed: list[str] = field(default_factory=list)
+
+
+def _channel_of(port: int) -> int | None:
+    if PRIMARY_CMD <= port <= PRIMARY_CMD + 7 or port == PRIMARY_CTRL:
+        return 0
+    if SECONDARY_CMD <= port <= SECONDARY_CMD + 7 or port == SECONDARY_CTRL:
+        return 1
+    return None
+
+
+def parse_trace(lines: Iterable[str], port_map: PortMap | None = None) -> DeviceRecord:
+    """Parse QEMU log-backend trace lines (ide_*, bmdma_*) into a DeviceRecord."""
+    pmap = port_map or PortMap()
+    rec = DeviceRecord()
+    # First pass: (direction, port or bus-master offset, width, value, is bus master) per access.
+    raw: list[tuple[str, int, int, int, bool]] = []
+    for line in lines:
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        m = _PREFIX.match(line)
+        if not m:
+            rec.unparsed.append(line)
+            continue
+        event, text = m.group("event"), m.group("text")
+        if event in _SKIP:
+            continue
+        if event in _PIO_EVENTS:
+            p = _PIO.match(text)
+            if not p:
+                rec.unparsed.append(line)
+                continue
+            direction = "in" if p.group("rw") == "rd" else "out"
+            raw.append(
+                (direction, int(p.group("port"), 16), _PIO_EVENTS[event], int(p.group("val"), 16), False)
+            )
+        elif event in ("bmdma_read", "bmdma_write"):
+            b = _BMDMA.match(text)
+            if not b:
+                rec.unparsed.append(line)
+                continue
+            direction = "in" if b.group("rw") == "read" else "out"
+            raw.append((direction, int(b.group("off"), 16) & 3, 1, int(b.group("val"), 16), True))
+        elif event in ("bmdma_addr_read", "bmdma_addr_write"):
+            a = _BMDMA_ADDR.match(text)
+            if not a:
+                rec.unparsed.append(line)
+                continue
+            direction = "in" if event.endswith("read") else "out"
+            raw.append((direction, 4, 4, int(a.group("val"), 16) & 0xFFFFFFFF, True))
+        elif event.startswith(("ide_", "bmdma_")):
+            rec.actions.append(DeviceAction(event, text.strip(), len(raw)))
+        else:
+            rec.unparsed.append(line)
+    # Second pass: bus-master accesses take the channel of the next IDE access, else the previous.
+    channels: list[int | None] = [None if is_bm else _channel_of(port) for _, port, _, _, is_bm in raw]
+    following: list[int | None] = [None] * len(raw)
+    nxt: int | None = None
+    for i in range(len(raw) - 1, -1, -1):
+        following[i] = nxt
+        if channels[i] is not None:
+            nxt = channels[i]
+    prev: int | None = None
+    for i, (direction, port, width, value, is_bm) in enumerate(raw):
+        if is_bm:
+            channel = following[i]
+            if channel is None:
+                channel = prev if prev is not None else 0
+            port = pmap.bm_base + BM_CHANNEL_STRIDE * channel + port
+        else:
+            prev = channels[i] if channels[i] is not None else prev
+        rec.events.append(pmap.access(direction, port, width, value, source="device"))
+    return rec
+
+
+class DeviceTrace:
+    """`with m.device_trace() as dev:` records what QEMU's IDE emulation saw while active;
+    afterwards `dev.events` (PortAccess, like the driver side) and `dev.actions`."""
+
+    def __init__(self, machine: Machine, patterns: Sequence[str] = TRACE_PATTERNS) -> None:
+        self._m = machine
+        self.patterns = tuple(patterns)
+        self.events: list[PortAccess] = []
+        self.actions: list[DeviceAction] = []
+        self.unparsed: list[str] = []
+        self.lines: list[str] = []
+        self._offset: int | None = None
+        self._pid: int | None = None
+
+    @property
+    def path(self) -> Path:
+        path = self._m.trace_log
+        if path is None:
+            raise PortError("this machine was started without a QEMU trace file (-D)")
+        return path
+
+    def _set(self, enable: bool) -> None:
+        _, qemu = self._m._live()
+        if qemu.qmp is None:
+            raise PortError("QEMU's QMP is not connected", artifacts=self._m.artifact_files())
+        for pattern in self.patterns:
+            # QemuProcess.command() takes `name` itself, so the QMP argument goes in raw.
+            try:
+                resp = qemu.qmp.cmd_raw("trace-event-set-state", {"name": pattern, "enable": enable})
+            except Exception as exc:
+                raise QemuError(
+                    f"QMP trace-event-set-state {pattern}: {exc}", artifacts=self._m.artifact_files()
+                ) from exc
+            if "error" in resp:
+                raise QemuError(
+                    f"QMP trace-event-set-state {pattern} refused: {resp['error'].get('desc')}",
+                    artifacts=self._m.artifact_files(),
+                )
+
+    def __enter__(self) -> DeviceTrace:
+        path = self.path
+        self._offset = path.stat().st_size if path.exists() else 0
+        self._pid = self._m.qemu.pid if self._m.qemu else None
+        self._m._device_traces += 1
+        try:
+            self._set(True)
+        except BaseException:
+            self._m._device_traces -= 1
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self.close()
+        except HarnessError:
+            if exc is None:
+                raise
+            log.warning("could not end the device trace cleanly during an exception", exc_info=True)
+
+    def close(self) -> None:
+        """Switch the events off (when no other device trace is active) and parse the record."""
+        if self._offset is None:
+            return
+        offset, self._offset = self._offset, None
+        self._m._device_traces -= 1
+        if self._m.qemu is None:
+            return
+        if self._m.qemu.pid != self._pid:
+            raise PortError(
+                "QEMU was restarted (power_cycle or crash) during device_trace; a trace covers one "
+                "QEMU process",
+                artifacts=[self.path],
+            )
+        if self._m._device_traces == 0:
+            self._set(False)
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        self.lines = text.splitlines()
+        rec = parse_trace(self.lines, self._m.ports.port_map())
+        self.events, self.actions, self.unparsed = rec.events, rec.actions, rec.unparsed
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in normalize(self.events))
+
+
+def actions_text(actions: Sequence[DeviceAction]) -> str:
+    return "; ".join(str(a) for a in actions)
+
+
+# --- one operation, recorded from both sides (piix3 trace) ------------------------------------
+TRACE_OPS = ("identify", "read", "write", "flush")
+
+
+@dataclass
+class TracedOperation:
+    """An operation run under both records, and their comparison."""
+
+    title: str
+    result: str
+    driver: list[PortAccess]
+    device: list[PortAccess]
+    actions: list[DeviceAction]
+    comparison: Comparison
+
+
+def trace_operation(
+    machine: Machine,
+    op: str,
+    *,
+    drive: int = 0,
+    lba: int = 0,
+    count: int = 1,
+    data: bytes = b"",
+    mode: str = "dma",
+    ports: Sequence[int | range | str | tuple[int, int]] = ("ide",),
+) -> TracedOperation:
+    """Run one driver operation with the driver side (GDB) and the device side (QEMU trace)
+    recording, and compare them on the IDE ports."""
+    if op not in TRACE_OPS:
+        raise PortError(f"unknown operation {op!r}; use one of {', '.join(TRACE_OPS)}")
+    ranges = machine.ports.port_map().ranges(ports)
+    with machine.device_trace() as dev, machine.watch_ports(*ports) as io:
+        if op == "identify":
+            info = machine.ata.identify(drive)
+            title = f"IDENTIFY drive {drive}"
+            result = f"{info.model}, serial {info.serial}, {info.sectors} sectors"
+        elif op == "read":
+            got = machine.ata.read(drive, lba, count, mode=mode)
+            title = f"read {count} sector(s) at LBA {lba} on drive {drive} ({mode})"
+            text = got.rstrip(b"\0")[:60]
+            result = f"read {len(got)} bytes: {text!r}{'...' if len(got.rstrip(bytes(1))) > 60 else ''}"
+        elif op == "write":
+            machine.ata.write(drive, lba, data, mode=mode)
+            title = f"write {len(data) // 512} sector(s) at LBA {lba} on drive {drive} ({mode})"
+            result = f"wrote {len(data)} bytes"
+        else:
+            machine.ata.flush(drive)
+            title = f"flush drive {drive}"
+            result = "flushed"
+    notes = [(a.index, a.short()) for a in dev.actions]
+    comparison = compare(io.events, dev.events, ports=ranges, right_notes=notes)
+    return TracedOperation(title, result, io.events, dev.events, dev.actions, comparison)
