@@ -33,7 +33,6 @@ KIB = 1 << 10
 MIB = 1 << 20
 PAGE = 4096
 RAW_TIMEOUT = 5.0  # s, for one raw MI reply
-SHM_DIR = Path("/dev/shm")
 DISK_MIB = 96  # room for two 32 MiB commands and more: sequential LBAs wrap within it
 SIZES = (4 * KIB, 64 * KIB, MIB, 32 * MIB)  # bytes per command in the throughput table
 MODES = ("dma", "pio")
@@ -387,25 +386,23 @@ def _breakpoint_cost(ctx: BenchContext) -> None:
         return
     gdb = m.gdb
     assert gdb is not None
-    count = MIB // SECTOR
-    for mode in MODES:
-        iterations = 16 if mode == "dma" else 2
+    for mode, size, iterations in (("dma", 4 * KIB, 200), ("pio", MIB, 2)):
         clean: list[float] = []
         slowed: list[float] = []
         caught = True
-        for _ in range(3):  # alternated, so host noise hits both alike
-            clean.append(m.ata.bench(0, "read", mode, count, iterations).mb_per_s)
+        for _ in range(5):  # alternated, so host noise hits both alike
+            clean.append(m.ata.bench(0, "read", mode, size // SECTOR, iterations).us_per_command)
             number = gdb.command(f"-break-insert {idle}").payload["bkpt"]["number"]
             try:
                 caught = caught and bool(armed_check(m).in_text)
-                slowed.append(m.ata.bench(0, "read", mode, count, iterations).mb_per_s)
+                slowed.append(m.ata.bench(0, "read", mode, size // SECTOR, iterations).us_per_command)
             finally:
                 gdb.command(f"-break-delete {number}")
         ok, slow = statistics.median(clean), statistics.median(slowed)
         ctx.report.notes.append(
-            f"breakpoint cost: {mode.upper()} read 1 MiB in the guest {ok:.0f} MB/s clean, {slow:.0f} MB/s "
-            f"with a never-hit breakpoint on {idle} (page {pages[idle]:#x}; the check "
-            f"{'caught it' if caught else 'MISSED it'}): {ok / slow:.1f}x slower"
+            f"breakpoint cost: {mode.upper()} read {_size(size)} in the guest {ok:.0f} us/command clean, "
+            f"{slow:.0f} us with a never-hit breakpoint on {idle} (page {pages[idle]:#x}; the check "
+            f"{'caught it' if caught else 'MISSED it'}): {slow / ok:.1f}x"
         )
     if not armed_check(m).ok:
         raise HarnessError("a breakpoint was left armed after the demonstration")
@@ -480,16 +477,18 @@ def _precondition(disk: DiskImage) -> None:
             f.write(chunk)
 
 
-def _image_dir() -> str | None:
-    """tmpfs where there is one: no host writeback mid-run (on a disk-backed /tmp, the kernel
-    flushing earlier writes made single write calls measured 3-10x slower)."""
-    return str(SHM_DIR) if SHM_DIR.is_dir() and os.access(SHM_DIR, os.W_OK) else None
-
-
-def run(repeat: int, firmware: str, quick: bool = False, progress: Progress | None = None) -> Report:
+def run(
+    repeat: int,
+    firmware: str,
+    quick: bool = False,
+    progress: Progress | None = None,
+    image_dir: str | None = None,
+) -> Report:
+    """Every section in order, on a fresh preconditioned image in image_dir (default: the
+    system's temporary directory, where the tests keep theirs)."""
     progress = progress or Progress(sum(steps for _, steps in TIMING_SECTIONS) + THROUGHPUT_STEPS)
     report = Report(firmware=firmware, repeat=repeat, quick=quick)
-    with tempfile.TemporaryDirectory(prefix="piix3-bench-", dir=_image_dir()) as tmp:
+    with tempfile.TemporaryDirectory(prefix="piix3-bench-", dir=image_dir) as tmp:
         disk = DiskImage.create(Path(tmp) / "bench.img", size_mib=DISK_MIB)
         _precondition(disk)
         report.image = f"{DISK_MIB} MiB raw image in {tmp}, filled before timing"
@@ -559,7 +558,7 @@ def main(args: argparse.Namespace) -> int:
     repeat = args.repeat if args.repeat is not None else (5 if quick else 20)
     t0 = time.perf_counter()
     progress = Progress(sum(steps for _, steps in TIMING_SECTIONS) + THROUGHPUT_STEPS)
-    report = run(repeat, args.firmware, quick, progress)
+    report = run(repeat, args.firmware, quick, progress, getattr(args, "image_dir", None))
     progress.close()
     print(f"piix3 bench: medians of {repeat}+ samples, firmware {args.firmware}{', quick' if quick else ''}")
     print(f"disk: {report.image}")

@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--quick", action="store_true", help="fewer and shorter samples (about a third of the time)"
     )
+    b.add_argument(
+        "--image-dir", metavar="DIR", help="where the benchmark image lives (default: the system's temp dir)"
+    )
     b.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     b.add_argument("--firmware", choices=sorted(FIRMWARE), default="seabios")
     b.set_defaults(func=cmd_bench)

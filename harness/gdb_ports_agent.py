@@ -18,7 +18,7 @@ import contextlib
 import json
 import re
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,8 +127,10 @@ def find_sites(instructions: Sequence[tuple[int, int, str]]) -> list[Site]:
     return sites
 
 
-def exec_sections(path: str) -> list[tuple[str, int, int]]:
-    """(name, address, size) of every allocated executable section of a 32-bit ELF file."""
+def exec_sections(path: str) -> list[tuple[str, int, int, list[int]]]:
+    """(name, address, size, symbol addresses) of every allocated executable section of a
+    32-bit ELF file. Disassembly restarts at each symbol, as objdump's does: data in a code
+    section (the multiboot header) must not swallow the first instruction after it."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != b"\x7fELF" or data[4] != 1:
@@ -137,11 +139,20 @@ def exec_sections(path: str) -> list[tuple[str, int, int]]:
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x2E)
     headers = [struct.unpack_from("<IIIIIIIIII", data, shoff + i * shentsize) for i in range(shnum)]
     strtab_off = headers[shstrndx][4]
+    symbols: dict[int, list[int]] = {}
+    for sh_type, offset, size, entsize in ((h[1], h[4], h[5], h[9]) for h in headers):
+        if sh_type != 2 or not entsize:  # SHT_SYMTAB
+            continue
+        for k in range(size // entsize):
+            value, info, shndx = struct.unpack_from("<4xI4xBxH", data, offset + k * entsize)
+            if info & 0xF not in (3, 4) and 0 < shndx < shnum:  # not SECTION or FILE
+                symbols.setdefault(shndx, []).append(value)
     out = []
-    for name_off, sh_type, flags, addr, _off, size, *_ in headers:
+    for index, (name_off, sh_type, flags, addr, _off, size, *_) in enumerate(headers):
         if sh_type == 1 and flags & 0x2 and flags & 0x4 and size:  # PROGBITS, ALLOC, EXECINSTR
             end = data.index(b"\0", strtab_off + name_off)
-            out.append((data[strtab_off + name_off : end].decode(), addr, size))
+            starts = sorted({v for v in symbols.get(index, []) if addr <= v < addr + size})
+            out.append((data[strtab_off + name_off : end].decode(), addr, size, starts))
     return out
 
 
@@ -207,7 +218,6 @@ class Agent:
         self.last_stop: list[dict[str, Any]] = []
         self.where_cache: dict[int, dict[str, Any]] = {}
         self.hits = 0
-        self.on_stop: Callable[[list[dict[str, Any]]], None] | None = None
 
     # --- the kernel's port-I/O instructions ---------------------------------------------
     def scan(self) -> list[Site]:
@@ -219,9 +229,12 @@ class Agent:
         arch = gdb.selected_inferior().architecture()
         instructions: list[tuple[int, int, str]] = []
         with _code_from_file():
-            for _name, addr, size in exec_sections(path):
-                for insn in arch.disassemble(addr, addr + size - 1):
-                    instructions.append((insn["addr"], insn["length"], insn["asm"]))
+            for _name, addr, size, starts in exec_sections(path):
+                bounds = sorted({addr, *starts, addr + size})
+                for lo, hi in zip(bounds, bounds[1:], strict=False):
+                    for insn in arch.disassemble(lo, hi - 1):
+                        if insn["addr"] + insn["length"] <= hi:  # not cut off by the next symbol
+                            instructions.append((insn["addr"], insn["length"], insn["asm"]))
         self.sites = find_sites(instructions)
         return self.sites
 
@@ -447,10 +460,6 @@ def handle(agent: Agent, action: str, args: dict[str, Any]) -> Any:
             agent.remove(ident)
         return agent.status()
     raise ValueError(f"unknown action {action!r}")
-
-
-def _watch_ranges(ranges: Iterable[tuple[int, int]]) -> list[list[int]]:
-    return [[lo, hi] for lo, hi in ranges]
 
 
 if IN_GDB:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from harness.ata import Ata
 from harness.disk import DiskImage
-from harness.errors import GdbError, HarnessError, HarnessTimeout, QemuError
+from harness.errors import ConfigError, GdbError, HarnessError, HarnessTimeout, QemuError
 from harness.faults import Fault
 from harness.gdbmi import GdbMi, MiRecord, is_stopped
 from harness.paths import find_kernel
@@ -31,9 +31,12 @@ log = logging.getLogger(__name__)
 
 BOOT_TIMEOUT = 15.0  # s, from `continue` to the stop at harness_ready (firmware + driver init)
 CALL_TIMEOUT = 60.0  # s, for one driver call (a 32 MiB PIO transfer included)
+EVENT_DRAIN_EVERY = 128  # requests between reads of QMP events nobody waits for
+EVENT_DRAIN_WAIT = 0.001  # s
 EVENT_WAIT = 0.05  # s, to let QMP events already sent by QEMU be read
 HANG_INTERRUPT_TIMEOUT = 5.0  # s, for a hung guest to stop after -exec-interrupt
 PARK_SYMBOL = "harness_ready"
+SNAPSHOT_NAME = "piix3-park"
 ERROR_RECORD_SIZE = 40  # sizeof(struct ata_error_record), checked against the kernel at boot
 SHM_ROOT = Path("/dev/shm")
 TRACE_FILE = "qemu-trace.log"  # QEMU's -D log: device-side trace events (harness/devtrace.py)
@@ -109,6 +112,7 @@ class Machine:
         self._ram: mmap.mmap | None = None
         self._symbols: dict[str, int] = {}
         self._seq = 0
+        self._requests = 0
         self._ports: PortsAgent | None = None  # port watching, loaded into GDB on first use
         self._device_traces = 0  # active device_trace() contexts
 
@@ -338,6 +342,9 @@ class Machine:
 
     def request(self, request: Request) -> int:
         """Run one driver request through the mailbox; returns the driver's result code."""
+        self._requests += 1
+        if self._requests % EVENT_DRAIN_EVERY == 0 and self.qemu is not None:
+            self.qemu.events(wait=EVENT_DRAIN_WAIT)  # each cont() makes QEMU send STOP and RESUME
         self.post(request)
         stop = self.cont()
         if not stop.parked:
@@ -427,10 +434,34 @@ class Machine:
         gdb.write_memory(addr, data)
 
     # --- the three reboots -------------------------------------------------------------
+    # --- VM snapshots (qcow2 disks only) -------------------------------------------------
+    def save_snapshot(self, name: str = SNAPSHOT_NAME) -> None:
+        """savevm at the park point: RAM, devices, CPU and every disk (qcow2 internal snapshot)."""
+        self._hmp_snapshot("savevm", name)
+
+    def restore_snapshot(self, name: str = SNAPSHOT_NAME) -> None:
+        """loadvm: back to the saved state, disks included; GDB's register cache is refreshed."""
+        gdb, _ = self._live()
+        self._hmp_snapshot("loadvm", name)
+        gdb.command("maint flush register-cache")
+
+    def _hmp_snapshot(self, verb: str, name: str) -> None:
+        _, qemu = self._live()
+        not_qcow2 = [d for d, img in self.config.disks.items() if img.format != "qcow2"]
+        if not_qcow2:
+            raise ConfigError(f"{verb} needs qcow2 disks; drive(s) {not_qcow2} are raw")
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"snapshot name {name!r}: use letters, digits, - and _")
+        out = str(qemu.command("human-monitor-command", **{"command-line": f"{verb} {name}"})).strip()
+        qemu.events()
+        if out:  # HMP prints nothing on success
+            raise QemuError(f"{verb} {name}: {out}", artifacts=self.artifact_files())
+
     def reset(self) -> None:
         """Warm reset: QMP system_reset, then run to harness_ready again (same QEMU, same RAM file)."""
         gdb, qemu = self._live()
         qemu.command("system_reset")
+        qemu.events()  # RESET, STOP, RESUME...: nobody asked; do not let them pile up
         gdb.command("maint flush register-cache")
         self._continue_to_park()
 

@@ -406,6 +406,30 @@ def diff_text(left: Sequence[PortAccess], right: Sequence[PortAccess], **kw: Any
 
 
 # --- the host half of the GDB agent ----------------------------------------------------------
+def events_from_agent(raw: Sequence[dict[str, Any]], pmap: PortMap) -> list[PortAccess]:
+    """PortAccess events from the agent's JSON records, named and decoded with pmap."""
+    out = []
+    for e in raw:
+        w = e.get("where") or {}
+        where = str(w.get("function", ""))
+        if w.get("file"):
+            where += f" ({w['file']}:{w.get('line')})"
+        out.append(
+            pmap.access(
+                e["direction"],
+                int(e["port"]),
+                int(e["width"]),
+                e["value"],
+                int(e["count"]),
+                buffer=e.get("buffer"),
+                data=bytes.fromhex(e["data"]) if e.get("data") is not None else None,
+                where=where,
+                pc=e.get("pc"),
+            )
+        )
+    return out
+
+
 def _mi_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -503,27 +527,7 @@ class PortsAgent:
         return self.events_from(self.call("events", {"id": ident, "clear": clear})["events"])
 
     def events_from(self, raw: Sequence[dict[str, Any]]) -> list[PortAccess]:
-        pmap = self.port_map()
-        out = []
-        for e in raw:
-            w = e.get("where") or {}
-            where = w.get("function", "")
-            if w.get("file"):
-                where += f" ({w['file']}:{w.get('line')})"
-            out.append(
-                pmap.access(
-                    e["direction"],
-                    int(e["port"]),
-                    int(e["width"]),
-                    e["value"],
-                    int(e["count"]),
-                    buffer=e.get("buffer"),
-                    data=bytes.fromhex(e["data"]) if e.get("data") is not None else None,
-                    where=where,
-                    pc=e.get("pc"),
-                )
-            )
-        return out
+        return events_from_agent(raw, self.port_map())
 
     def explain(self, stop: Stop) -> Stop:
         """A stop caused by a port breakpoint, with the access and the driver code that made it."""

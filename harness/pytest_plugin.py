@@ -16,11 +16,14 @@ import pytest
 
 from harness import procs
 from harness.disk import DiskImage
-from harness.machine import Machine
+from harness.errors import HarnessError
+from harness.machine import CALL_TIMEOUT, Machine
 from harness.qemu import FIRMWARE
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _ARTIFACT_DIRS = pytest.StashKey[list[Path]]()
+_POOL = pytest.StashKey["SnapshotPool"]()
+POOL_MEMORY_MIB = 64  # loadvm time grows with guest RAM; 64 MiB holds the 32 MiB transfer buffer
 
 MachineFactory = Callable[..., Machine]
 
@@ -44,7 +47,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--piix3-artifacts",
         default=None,
         metavar="DIR",
-        help="where per-test artifact directories go (default: build/test-artifacts)",
+        help="where per-test artifact directories go (default: under pytest's basetemp)",
     )
 
 
@@ -55,6 +58,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "piix3_faults(faults): the `machine` fixture injects these disk errors, "
         "e.g. piix3_faults({0: [Fault('read', sector=500)]})",
     )
+    config.addinivalue_line(
+        "markers",
+        "piix3_fresh: the `machine` fixture boots a fresh QEMU on a raw image instead of a snapshot",
+    )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -64,11 +71,10 @@ def pytest_runtest_makereport(
     report = yield
     item.stash.setdefault(_REPORTS, {})[report.when] = report
     dirs = item.stash.get(_ARTIFACT_DIRS, [])
-    if report.when == "call" and dirs and isinstance(item, pytest.Function):
-        for d in dirs:
+    if report.failed and dirs:
+        for d in dirs:  # JUnit XML (--junitxml) carries them as <property> elements
             if ("piix3_artifacts", str(d)) not in item.user_properties:
                 item.user_properties.append(("piix3_artifacts", str(d)))
-    if report.failed and dirs:
         report.sections.append(
             (
                 "piix3 artifacts",
@@ -83,11 +89,14 @@ def _failed(item: pytest.Item) -> bool:
 
 
 @pytest.fixture(autouse=True)
-def _piix3_no_leaked_processes() -> Iterator[None]:
-    """After every test: each QEMU and GDB started during it must be gone (a check, not a hope)."""
+def _piix3_no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test: each QEMU and GDB started during it must be gone (a check, not a hope);
+    the snapshot pool's machines live for the session and are not counted."""
     first = len(procs.STARTED_CHILDREN)
     yield
-    alive = [pid for pid in procs.STARTED_CHILDREN[first:] if procs.pid_alive(pid)]
+    pool = request.config.stash.get(_POOL, None)
+    pooled = pool.pids() if pool is not None else set()
+    alive = [pid for pid in procs.STARTED_CHILDREN[first:] if procs.pid_alive(pid) and pid not in pooled]
     if alive:
         names = ", ".join(f"{procs.LIVE_CHILDREN.get(p, '?')} pid {p}" for p in alive)
         for pid in alive:
@@ -115,15 +124,18 @@ def piix3_firmware(pytestconfig: pytest.Config) -> str:
     return _firmware_choice(pytestconfig)
 
 
-def _artifact_root(config: pytest.Config) -> Path:
+def _artifact_root(config: pytest.Config, factory: pytest.TempPathFactory) -> Path:
+    """--piix3-artifacts DIR, else this session's pytest temp dir (pytest keeps the last
+    three sessions'), so concurrent sessions never share a directory; per xdist worker."""
     opt = config.getoption("--piix3-artifacts")
-    root = Path(opt) if opt else Path(str(config.rootpath)) / "build" / "test-artifacts"
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    return root.absolute() / worker
+    root = Path(opt).absolute() if opt else factory.getbasetemp() / "piix3-artifacts"
+    return root / os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 @pytest.fixture
-def machine_factory(request: pytest.FixtureRequest, piix3_firmware: str) -> Iterator[MachineFactory]:
+def machine_factory(
+    request: pytest.FixtureRequest, piix3_firmware: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MachineFactory]:
     """Start machines for this test: `machine_factory(disks=[...], **Machine kwargs)`.
 
     Each gets an artifact directory named after the test; they are closed after the test and
@@ -131,7 +143,7 @@ def machine_factory(request: pytest.FixtureRequest, piix3_firmware: str) -> Iter
     """
     made: list[Machine] = []
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:80]
-    base = _artifact_root(request.config) / safe
+    base = _artifact_root(request.config, tmp_path_factory) / safe
     dirs = request.node.stash.setdefault(_ARTIFACT_DIRS, [])
 
     def make(disks: Sequence[DiskImage] | Mapping[int, DiskImage] | None = None, **kwargs: Any) -> Machine:
@@ -159,13 +171,82 @@ def disk(tmp_path: Path) -> DiskImage:
     return DiskImage.create(tmp_path / "disk0.img", size_mib=64)
 
 
+class SnapshotPool:
+    """Per worker and firmware, one machine parked on a qcow2 disk with a VM snapshot taken at
+    harness_ready; each test that may use it starts from that snapshot (RAM, CPU, devices and
+    disk restored by loadvm) instead of booting."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.machines: dict[str, Machine] = {}
+
+    def get(self, firmware: str) -> Machine:
+        m = self.machines.get(firmware)
+        if m is not None:
+            try:
+                m.restore_snapshot()
+                m.call_timeout = CALL_TIMEOUT
+                m.failed = False
+                return m
+            except HarnessError:  # a test broke it (killed QEMU, closed it...): build anew
+                m.close(failed=True)
+                del self.machines[firmware]
+        self.root.mkdir(parents=True, exist_ok=True)
+        disk = DiskImage.create(self.root / f"{firmware}.qcow2", size_mib=64, format="qcow2", overwrite=True)
+        m = Machine(
+            disks=[disk],
+            firmware=firmware,
+            memory_mib=POOL_MEMORY_MIB,
+            artifacts_dir=self.root / f"{firmware}-artifacts",
+        )
+        m.start()
+        m.save_snapshot()
+        self.machines[firmware] = m
+        return m
+
+    def pids(self) -> set[int]:
+        return {p for m in self.machines.values() for p in m.pids}
+
+    def close(self) -> None:
+        for m in self.machines.values():
+            m.close()
+        self.machines.clear()
+
+
+@pytest.fixture(scope="session")
+def piix3_snapshot_pool(
+    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SnapshotPool]:
+    """The worker's SnapshotPool (closed at the end of the session)."""
+    pool = SnapshotPool(tmp_path_factory.mktemp("snapshot-pool"))
+    pytestconfig.stash[_POOL] = pool
+    yield pool
+    pool.close()
+    del pytestconfig.stash[_POOL]
+
+
 @pytest.fixture
-def machine(request: pytest.FixtureRequest, machine_factory: MachineFactory, disk: DiskImage) -> Machine:
-    """A machine with `disk` as drive 0 (primary master), stopped at harness_ready; a
-    `piix3_faults` marker on the test injects disk errors."""
+def machine(request: pytest.FixtureRequest, machine_factory: MachineFactory, piix3_firmware: str) -> Machine:
+    """A machine with one 64 MiB disk on drive 0, stopped at harness_ready.
+
+    The fast way where it is correct: restored from the worker's VM snapshot (qcow2 disk,
+    zeroed, ~20 ms). A real boot on the raw `disk` fixture's image when the test asks for
+    `disk` too (it asserts on the host file), has a `piix3_faults` marker (faults are
+    configured at boot), or is marked `piix3_fresh`.
+    """
     marker = request.node.get_closest_marker("piix3_faults")
     faults = marker.args[0] if marker and marker.args else marker.kwargs.get("faults") if marker else None
-    return machine_factory(disks=[disk], faults=faults)
+    fresh = (
+        faults is not None or request.node.get_closest_marker("piix3_fresh") or "disk" in request.fixturenames
+    )
+    if fresh:
+        disk: DiskImage = request.getfixturevalue("disk")
+        return machine_factory(disks=[disk], faults=faults)
+    pool: SnapshotPool = request.getfixturevalue("piix3_snapshot_pool")
+    m = pool.get(piix3_firmware)
+    if m.artifacts is not None:
+        request.node.stash.setdefault(_ARTIFACT_DIRS, []).append(m.artifacts)
+    return m
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

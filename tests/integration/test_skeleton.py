@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import AtaCode, AtaError, DiskImage, Machine
+from harness import AtaCode, AtaError, DiskImage, Machine, procs
 from harness.procs import pid_alive
 from harness.pytest_plugin import MachineFactory
 
@@ -151,6 +151,7 @@ def test_bad_input_is_refused_with_typed_errors(machine_factory: MachineFactory,
 
 
 def test_no_process_outlives_its_machine(disk: DiskImage, tmp_path: Path) -> None:
+    started = len(procs.STARTED_CHILDREN)
     with Machine(disks=[disk], artifacts_dir=tmp_path / "a") as m:
         first = list(m.pids)
         m.power_cycle()
@@ -164,7 +165,12 @@ def test_no_process_outlives_its_machine(disk: DiskImage, tmp_path: Path) -> Non
     with pytest.raises(Exception) as info, Machine(disks=[disk], kernel=bogus, artifacts_dir=tmp_path / "b"):
         pass
     assert "qemu.log" in str(info.value)
-    assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_our_child(int(p))]
+    ours = set(procs.STARTED_CHILDREN[started:])
+    assert len(ours) >= 6, "3 QEMUs, their GDB, and the failed boot's pair were recorded"
+    leftover = [
+        int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) in ours and _is_our_child(int(p))
+    ]
+    assert leftover == []
 
 
 def _is_our_child(pid: int) -> bool:

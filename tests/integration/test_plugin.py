@@ -1,0 +1,64 @@
+"""The pytest plugin as a user meets it: a failing test keeps and names its artifacts (in the
+terminal and in JUnit XML), a passing one leaves nothing behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.qemu
+RUN_TIMEOUT = 120.0  # s, for the inner pytest run
+
+INNER = """
+from harness import Machine
+
+def test_passes(machine: Machine) -> None:
+    assert machine.ata.identify(0).model == "QEMU HARDDISK"
+
+def test_fails(machine: Machine, disk: object) -> None:
+    machine.ata.write(0, 1, b"x" * 512)
+    assert machine.ata.read(0, 1, 1) == b"y" * 512
+"""
+
+
+def test_failing_test_keeps_and_names_its_artifacts(tmp_path: Path) -> None:
+    (tmp_path / "test_inner.py").write_text(INNER)
+    artifacts = tmp_path / "artifacts"
+    junit = tmp_path / "junit.xml"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "--rootdir",
+            str(tmp_path),
+            f"--piix3-artifacts={artifacts}",
+            f"--junitxml={junit}",
+            str(tmp_path / "test_inner.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1 failed, 1 passed" in done.stdout
+    kept = artifacts / "main" / "test_fails" / "machine0"
+    assert f"{kept}: serial.log qemu.log gdb-mi.log" in done.stdout  # named in the failure report
+    assert "ready (init 0)" in (kept / "serial.log").read_text()
+    assert "-exec-continue" in (kept / "gdb-mi.log").read_text()
+    assert (kept / "qemu.cmdline").read_text().startswith("qemu-system-i386 ")
+    assert not (artifacts / "main" / "test_passes").exists(), "a passing test's artifacts are removed"
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    props = {p.get("name"): p.get("value") for p in cases["test_fails"].iter("property")}
+    assert props.get("piix3_artifacts") == str(kept)
