@@ -545,10 +545,16 @@ def render_throughput(cells: list[Throughput]) -> str:
                     for c in (g, e)
                     if c is not None and c.target is not None
                 ]
+                small = by_key.get(("guest", mode, op, MIB))
+                if mode == "dma" and size == 32 * MIB and g is not None and small is not None:
+                    targets.append(f"guest > 1 MiB's {'ok' if g.mb_s > small.mb_s else 'MISS'}")
+                if g is None and e is None:
+                    continue
+                us = f"{g.us_per_command:9.1f}" if g else " " * 9
+                ms = f"{e.us_per_command / 1e3:7.2f}" if e else " " * 7
                 out.append(
-                    f"{mode.upper() + ' ' + op:<10} {_size(size):>8}  {cell(g)} "
-                    f"{g.us_per_command if g else 0:9.1f}  {cell(e)}  "
-                    f"{e.us_per_command / 1e3 if e else 0:7.2f}  {'; '.join(targets)}"
+                    f"{mode.upper() + ' ' + op:<10} {_size(size):>8}  {cell(g)} {us}  {cell(e)}  {ms}  "
+                    + "; ".join(targets)
                 )
     return "\n".join(out)
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import signal
+import sys
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,13 @@ from harness import procs
 from harness.disk import DiskImage
 from harness.errors import HarnessError
 from harness.machine import CALL_TIMEOUT, Machine
+from harness.paths import GDBINIT
 from harness.qemu import FIRMWARE
 
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _ARTIFACT_DIRS = pytest.StashKey[list[Path]]()
 _POOL = pytest.StashKey["SnapshotPool"]()
+_MACHINES = pytest.StashKey[list[Machine]]()  # every machine a test used, for --piix3-keep-on-fail
 POOL_MEMORY_MIB = 64  # loadvm time grows with guest RAM; 64 MiB holds the 32 MiB transfer buffer
 
 MachineFactory = Callable[..., Machine]
@@ -49,6 +53,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         help="where per-test artifact directories go (default: under pytest's basetemp)",
     )
+    group.addoption(
+        "--piix3-keep-on-fail",
+        action="store_true",
+        default=False,
+        help="when a test fails, keep its QEMU paused, print the command that attaches GDB (with the "
+        "gdbinit) and wait for Enter before tearing down; only with a terminal, never when $CI is set",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -70,6 +81,8 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     item.stash.setdefault(_REPORTS, {})[report.when] = report
+    if report.when == "call" and report.failed and item.config.getoption("--piix3-keep-on-fail"):
+        _keep_on_fail(item)
     dirs = item.stash.get(_ARTIFACT_DIRS, [])
     if report.failed and dirs:
         for d in dirs:  # JUnit XML (--junitxml) carries them as <property> elements
@@ -152,6 +165,7 @@ def machine_factory(
         kwargs.setdefault("firmware", piix3_firmware)
         m = Machine(disks=disks, artifacts_dir=out, **kwargs)
         made.append(m)
+        request.node.stash.setdefault(_MACHINES, []).append(m)
         dirs.append(out)
         m.start()
         return m
@@ -244,6 +258,7 @@ def machine(request: pytest.FixtureRequest, machine_factory: MachineFactory, pii
         return machine_factory(disks=[disk], faults=faults)
     pool: SnapshotPool = request.getfixturevalue("piix3_snapshot_pool")
     m = pool.get(piix3_firmware)
+    request.node.stash.setdefault(_MACHINES, []).append(m)
     if m.artifacts is not None:
         request.node.stash.setdefault(_ARTIFACT_DIRS, []).append(m.artifacts)
     return m
@@ -262,3 +277,59 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --- --piix3-keep-on-fail: a failed test's QEMU stays paused for a human's GDB ----------------
+def _interactive() -> bool:
+    """A person can answer: stdin is a terminal and this is not CI."""
+    if os.environ.get("CI"):
+        return False
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _attach_command(m: Machine) -> str:
+    """The command line that attaches GDB, with the gdbinit, to m's (paused) QEMU."""
+    assert m.qemu is not None
+    target = shlex.quote(f"target remote {m.qemu.paths.gdb_socket}")
+    return f"gdb -q -x {shlex.quote(str(GDBINIT))} -ex {target} {shlex.quote(str(m.config.kernel))}"
+
+
+def _keep_on_fail(item: pytest.Item) -> None:
+    """Detach the harness's GDB from each of the failed test's machines (QEMU stays paused where
+    the test left it), print how to attach, wait for Enter, then close them; teardown goes on."""
+    machines = [m for m in item.stash.get(_MACHINES, []) if m.qemu is not None and m.gdb is not None]
+    if not machines:
+        return
+    capman = item.config.pluginmanager.getplugin("capturemanager")
+    if capman is not None:
+        capman.suspend_global_capture(in_=True)
+    try:
+        if not _interactive():
+            print(
+                f"\npiix3: --piix3-keep-on-fail: {item.nodeid} failed; not pausing (no terminal, or $CI set)"
+            )
+            return
+        lines = [f"\npiix3: {item.nodeid} failed; its QEMU is paused where the test left it."]
+        for m in machines:
+            try:
+                assert m.qemu is not None and m.gdb is not None
+                m.qemu.command("stop")
+                m.gdb.command("-target-disconnect")  # QEMU's gdbstub takes one GDB at a time
+            except HarnessError as exc:
+                lines.append(f"  (could not hand over QEMU pid {m.qemu.pid if m.qemu else '?'}: {exc})")
+                continue
+            lines.append(f"  attach GDB:  {_attach_command(m)}")
+            lines.append(f"  logs:        {m.artifacts}")
+        lines.append("  Press Enter here to tear the machine(s) down and go on.")
+        print("\n".join(lines), flush=True)
+        with contextlib.suppress(EOFError, KeyboardInterrupt):
+            input()
+    finally:
+        if capman is not None:  # back to how the report phase found it: output free, stdin captured
+            capman.resume_global_capture()
+            capman.suspend_global_capture(in_=False)
+    for m in machines:  # the harness's GDB let go: the machine is of no further use
+        m.close(failed=True)

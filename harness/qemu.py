@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -253,13 +254,21 @@ class QemuProcess:
         With wait, reads for up to that long first, so events QEMU already sent arrive."""
         if self.qmp is None:
             return []
+        events: list[dict[str, Any]] = []
         try:
             if wait:
-                with contextlib.suppress(Exception):  # nothing new within `wait` is fine
-                    self.qmp.get_events(wait=wait)
-            return list(self.qmp.get_events(wait=False))
-        except Exception:  # a dead QMP connection has no events to give
-            return []
+                with contextlib.suppress(TimeoutError, asyncio.TimeoutError):  # none within `wait`
+                    events += self.qmp.get_events(wait=wait)
+            events += self.qmp.get_events(wait=False)
+        except Exception:  # a dead QMP connection has no more events to give
+            pass
+        # qemu.qmp's EventListener also keeps every event ever seen in a history list; over
+        # thousands of resets that list is the harness's only memory growth. Drop it.
+        listener = getattr(getattr(self.qmp, "_qmp", None), "events", None)
+        history = getattr(listener, "_history", None)
+        if isinstance(history, list):
+            history.clear()
+        return events
 
     def command(self, name: str, **args: object) -> Any:
         """One QMP command; its result, or QemuError."""

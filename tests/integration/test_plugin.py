@@ -3,6 +3,7 @@ terminal and in JUnit XML), a passing one leaves nothing behind."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -47,6 +48,7 @@ def test_failing_test_keeps_and_names_its_artifacts(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")},
         timeout=RUN_TIMEOUT,
         cwd=tmp_path,
         check=False,
