@@ -143,14 +143,7 @@ def cmd_debug(args: argparse.Namespace) -> int:
         DiskImage.create(image, size_mib=args.size_mib)
     kernel = find_kernel()
     rundir = Path(tempfile.mkdtemp(prefix="piix3-debug-"))
-    paths = QemuPaths(
-        qmp_socket=rundir / "qmp.sock",
-        gdb_socket=rundir / "gdb.sock",
-        ram_file=rundir / "ram",
-        serial_log=rundir / "serial.log",
-        qemu_log=rundir / "qemu.log",
-        cmdline=rundir / "qemu.cmdline",
-    )
+    paths = QemuPaths.under(rundir, rundir)
     qemu = QemuProcess(QemuConfig(kernel=kernel, disks={0: DiskImage(image)}, firmware=args.firmware), paths)
     qemu.start()
     gdb_argv = [

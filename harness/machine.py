@@ -174,17 +174,8 @@ class Machine:
 
     # --- boot ------------------------------------------------------------------------
     def _qemu_paths(self) -> QemuPaths:
-        assert self.rundir is not None
-        return QemuPaths(
-            qmp_socket=self.rundir / "qmp.sock",
-            gdb_socket=self.rundir / "gdb.sock",
-            ram_file=self.rundir / "ram",
-            serial_log=self._path("serial.log"),
-            qemu_log=self._path("qemu.log"),
-            cmdline=self._path("qemu.cmdline"),
-            rundir=self.rundir,
-            trace_log=self._path(TRACE_FILE),
-        )
+        assert self.rundir is not None and self.artifacts is not None
+        return QemuPaths.under(self.rundir, self.artifacts)
 
     def _boot(self) -> None:
         """Start a fresh QEMU (paused), attach GDB (kept across reboots), run to harness_ready."""

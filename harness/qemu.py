@@ -77,6 +77,20 @@ class QemuPaths:
     qemu_log: Path
     cmdline: Path
     rundir: Path | None = None  # where generated files (blkdebug rules) go
+
+    @classmethod
+    def under(cls, rundir: Path, logs: Path) -> QemuPaths:
+        """Sockets and RAM in the private rundir, logs and the command line in logs."""
+        return cls(
+            qmp_socket=rundir / "qmp.sock",
+            gdb_socket=rundir / "gdb.sock",
+            ram_file=rundir / "ram",
+            serial_log=logs / "serial.log",
+            qemu_log=logs / "qemu.log",
+            cmdline=logs / "qemu.cmdline",
+            rundir=rundir,
+        )
+
     trace_log: Path | None = None  # QEMU's log file (-D): trace events, switched on at runtime
 
 
