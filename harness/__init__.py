@@ -5,6 +5,7 @@ from harness.errors import AtaError, ConfigError, GdbError, HarnessError, Harnes
 from harness.faults import Fault
 from harness.identify import DriveInfo
 from harness.machine import Machine
+from harness.ports import PortAccess, PortError
 from harness.regs import AtaCode
 
 __all__ = [
@@ -19,5 +20,7 @@ __all__ = [
     "HarnessError",
     "HarnessTimeout",
     "Machine",
+    "PortAccess",
+    "PortError",
     "QemuError",
 ]

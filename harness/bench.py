@@ -16,6 +16,7 @@ import re
 import select
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,15 +25,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import procs
 from harness.ata import SECTOR, BenchResult
 from harness.disk import DiskImage
 from harness.errors import HarnessError
-from harness.machine import Machine
+from harness.machine import SNAPSHOT_MEMORY_MIB, Machine
+from harness.paths import find_kernel
+from harness.qemu import QemuConfig, QemuPaths, build_command
 
 KIB = 1 << 10
 MIB = 1 << 20
 PAGE = 4096
-RAW_TIMEOUT = 5.0  # s, for one raw MI reply
+RAW_TIMEOUT = 5.0  # s, for one raw MI reply or raw start step
+SUITE_STEPS = 2
+SUITE_TIMEOUT = 1800.0  # s, for one whole-suite run (--suite)
+GDB = "gdb"
 DISK_MIB = 96  # room for two 32 MiB commands and more: sequential LBAs wrap within it
 SIZES = (4 * KIB, 64 * KIB, MIB, 32 * MIB)  # bytes per command in the throughput table
 MODES = ("dma", "pio")
@@ -211,6 +218,7 @@ class BenchContext:
     disk: DiskImage
     progress: Progress
     report: Report
+    suite: bool = False
     _machine: Machine | None = None
 
     def machine(self) -> Machine:
@@ -254,16 +262,130 @@ def _raw_mi(m: Machine, command: bytes) -> None:
 
 
 # --- timing sections ---------------------------------------------------------------------------
+def _raw_start(ctx: BenchContext) -> None:
+    """The floor for a fresh start: the same QEMU command line and a plain `gdb -batch` that
+    connects, runs to harness_ready and kills QEMU; no harness in between."""
+    with tempfile.TemporaryDirectory(
+        prefix="piix3-raw-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    ) as d:
+        paths = QemuPaths.under(Path(d), Path(d))
+        cfg = QemuConfig(kernel=find_kernel(), disks={0: ctx.disk}, firmware=ctx.firmware)
+        argv = [a for a in build_command(cfg, paths) if a != "-S"]
+        # the raw floor needs no QMP: drop the monitor (its socket would have no listener)
+        i = argv.index("-mon")
+        del argv[i - 2 : i + 2]
+        argv.insert(argv.index("-kernel"), "-S")
+        with open(paths.qemu_log, "wb") as log:
+            qemu = procs.spawn(argv, name="qemu", stdout=log, stderr=log)
+            try:
+                deadline = time.monotonic() + RAW_TIMEOUT
+                while not paths.gdb_socket.exists():  # the floor may poll; the harness waits on QMP
+                    if time.monotonic() > deadline or qemu.poll() is not None:
+                        raise HarnessError(f"raw QEMU did not create its gdb socket; see {paths.qemu_log}")
+                    time.sleep(0.0005)
+                gdb = [
+                    GDB,
+                    "-nx",
+                    "-q",
+                    "-batch",
+                    "-ex",
+                    f"target remote {paths.gdb_socket}",
+                    "-ex",
+                    "break harness_ready",
+                    "-ex",
+                    "continue",
+                    "-ex",
+                    "kill",
+                    str(cfg.kernel),
+                ]
+                subprocess.run(gdb, capture_output=True, timeout=RAW_TIMEOUT * 4, check=True)
+            finally:
+                procs.kill(qemu)
+                procs.reap(qemu, RAW_TIMEOUT)
+
+
 def _startup_rows(ctx: BenchContext) -> list[Row]:
     def fresh() -> None:
         with Machine(disks=[ctx.disk], firmware=ctx.firmware):
             pass
 
-    row = Row(
-        "fresh Machine start to park point (+close)", _samples(fresh, ctx.repeat), "ms", target="<= 150 ms"
-    )
+    ours = _samples(fresh, ctx.repeat)
     ctx.progress.step("fresh start")
-    return [row]
+    raw = _samples(lambda: _raw_start(ctx), ctx.repeat)
+    ctx.progress.step("raw start")
+    return [
+        Row(
+            "fresh Machine start to park point (+close)",
+            ours,
+            "ms",
+            "raw QEMU + gdb -batch to harness_ready + kill",
+            raw,
+            "<= 150 ms, <= 1.3x raw",
+        )
+    ]
+
+
+def _snapshot_rows(ctx: BenchContext) -> list[Row]:
+    """loadvm of the park-point snapshot, as the `machine` fixture does per test."""
+    with tempfile.TemporaryDirectory(prefix="piix3-snap-") as d:
+        disk = DiskImage.create(Path(d) / "snap.qcow2", size_mib=64, format="qcow2")
+        with Machine(disks=[disk], firmware=ctx.firmware, memory_mib=SNAPSHOT_MEMORY_MIB) as m:
+            m.save_snapshot()
+            value = _samples(m.restore_snapshot, ctx.repeat)
+    ctx.progress.step("snapshot restore")
+    return [
+        Row(
+            f"snapshot restore (loadvm, {SNAPSHOT_MEMORY_MIB} MiB guest)",
+            value,
+            "ms",
+            "",
+            None,
+            "<= 15 ms",
+        )
+    ]
+
+
+def _suite_rows(ctx: BenchContext) -> list[Row]:
+    """The whole test suite, serial and on every core (only with --suite: it takes minutes)."""
+    if not ctx.suite:
+        return []
+    root = Path(__file__).resolve().parent.parent
+    times = {}
+    for workers in ("0", "auto"):
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-n",
+                workers,
+                "--piix3-firmware=both",
+                str(root / "tests"),
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=SUITE_TIMEOUT,
+            check=False,
+        )
+        times[workers] = time.perf_counter() - t0
+        if done.returncode:
+            raise HarnessError(f"the suite failed with -n {workers}: {done.stdout[-500:]}")
+        ctx.progress.step(f"suite -n {workers}")
+    return [
+        Row(
+            f"whole suite, -n auto ({os.cpu_count()} cores) vs serial",
+            times["auto"] * 1e3,
+            "ms",
+            "-n 0 (serial)",
+            times["0"] * 1e3,
+            ">= 1.6x faster",
+        )
+    ]
 
 
 def _harness_rows(ctx: BenchContext) -> list[Row]:
@@ -309,8 +431,10 @@ def _harness_rows(ctx: BenchContext) -> list[Row]:
 
 # (function, progress steps it reports). Append new sections here.
 TIMING_SECTIONS: list[tuple[Callable[[BenchContext], list[Row]], int]] = [
-    (_startup_rows, 1),
+    (_startup_rows, 2),
     (_harness_rows, 3),
+    (_snapshot_rows, 1),
+    (_suite_rows, SUITE_STEPS),
 ]
 
 
@@ -477,22 +601,27 @@ def _precondition(disk: DiskImage) -> None:
             f.write(chunk)
 
 
+def total_steps(suite: bool) -> int:
+    return sum(steps for _, steps in TIMING_SECTIONS) + THROUGHPUT_STEPS - (0 if suite else SUITE_STEPS)
+
+
 def run(
     repeat: int,
     firmware: str,
     quick: bool = False,
     progress: Progress | None = None,
     image_dir: str | None = None,
+    suite: bool = False,
 ) -> Report:
     """Every section in order, on a fresh preconditioned image in image_dir (default: the
     system's temporary directory, where the tests keep theirs)."""
-    progress = progress or Progress(sum(steps for _, steps in TIMING_SECTIONS) + THROUGHPUT_STEPS)
+    progress = progress or Progress(total_steps(suite))
     report = Report(firmware=firmware, repeat=repeat, quick=quick)
     with tempfile.TemporaryDirectory(prefix="piix3-bench-", dir=image_dir) as tmp:
         disk = DiskImage.create(Path(tmp) / "bench.img", size_mib=DISK_MIB)
         _precondition(disk)
         report.image = f"{DISK_MIB} MiB raw image in {tmp}, filled before timing"
-        ctx = BenchContext(repeat, firmware, quick, disk, progress, report)
+        ctx = BenchContext(repeat, firmware, quick, disk, progress, report, suite)
         try:
             for section, _steps in TIMING_SECTIONS:
                 report.rows += section(ctx)
@@ -563,8 +692,9 @@ def main(args: argparse.Namespace) -> int:
     quick = bool(getattr(args, "quick", False))
     repeat = args.repeat if args.repeat is not None else (5 if quick else 20)
     t0 = time.perf_counter()
-    progress = Progress(sum(steps for _, steps in TIMING_SECTIONS) + THROUGHPUT_STEPS)
-    report = run(repeat, args.firmware, quick, progress, getattr(args, "image_dir", None))
+    suite = bool(getattr(args, "suite", False))
+    progress = Progress(total_steps(suite))
+    report = run(repeat, args.firmware, quick, progress, getattr(args, "image_dir", None), suite)
     progress.close()
     print(f"piix3 bench: medians of {repeat}+ samples, firmware {args.firmware}{', quick' if quick else ''}")
     print(f"disk: {report.image}")

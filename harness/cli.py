@@ -309,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     b.add_argument("--firmware", choices=sorted(FIRMWARE), default="seabios")
+    b.add_argument(
+        "--suite", action="store_true", help="also time the whole test suite serial vs -n auto (minutes)"
+    )
     b.set_defaults(func=cmd_bench)
     return p
 

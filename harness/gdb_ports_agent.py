@@ -31,7 +31,7 @@ except ImportError:  # imported by unit tests for the pure parts below
 
 REPLY_PREFIX = "piix3-ports-reply: "
 COMMAND = "piix3-ports"
-DATA_CAPTURE_LIMIT = 64 * 1024  # bytes of a string transfer kept per event
+DATA_CAPTURE_LIMIT = 1 << 20  # bytes of string transfers a watcher keeps, in total
 EFLAGS_DF = 1 << 10
 _REG_WIDTH = {"al": 1, "ax": 2, "eax": 4}
 _SUFFIX_WIDTH = {"b": 1, "w": 2, "l": 4, "d": 4}
@@ -176,7 +176,7 @@ class Watcher:
     direction: str | None = None
     value: int | None = None
     stop: bool = False  # a port breakpoint: stop the guest on a match
-    capture: int = DATA_CAPTURE_LIMIT
+    capture: int = DATA_CAPTURE_LIMIT  # bytes of string-transfer data still to keep
     events: list[dict[str, Any]] = field(default_factory=list)
     hits: int = 0
 
@@ -218,6 +218,7 @@ class Agent:
         self.last_stop: list[dict[str, Any]] = []
         self.where_cache: dict[int, dict[str, Any]] = {}
         self.hits = 0
+        self.errors: list[str] = []  # failures inside stop(): the record is incomplete
 
     # --- the kernel's port-I/O instructions ---------------------------------------------
     def scan(self) -> list[Site]:
@@ -345,12 +346,15 @@ class Agent:
         }
 
     def _data(self, port: int, buffer: int | None, nbytes: int, backwards: bool) -> str | None:
-        limit = max((w.capture for w in self.watchers.values() if w.wants_port(port)), default=0)
+        """The bytes a string transfer moved (hex), as far as the watchers' budgets go."""
+        wanting = [w for w in self.watchers.values() if w.wants_port(port)]
+        limit = min(nbytes, max((w.capture for w in wanting), default=0))
         if buffer is None or nbytes <= 0 or limit <= 0:
             return "" if nbytes == 0 else None
+        for w in wanting:
+            w.capture = max(0, w.capture - limit)
         start = buffer - nbytes + 1 if backwards else buffer
-        mem = gdb.selected_inferior().read_memory(start, min(nbytes, limit))
-        return bytes(mem).hex()
+        return bytes(gdb.selected_inferior().read_memory(start, limit)).hex()
 
     def _emit(self, ev: dict[str, Any], triggered: list[dict[str, Any]]) -> bool:
         self.seq += 1
@@ -398,6 +402,8 @@ class Agent:
             "live_breakpoints": sum(1 for bp in self.breakpoints.values() if bp.is_valid()),
             "sites": len(self.sites) if self.sites is not None else None,
             "total_hits": self.hits,
+            "errors": self.errors[-5:],
+            "error_count": len(self.errors),
         }
 
 
@@ -416,6 +422,7 @@ if IN_GDB:
             try:
                 return self._agent.hit(self._addr)
             except Exception as exc:  # never let a recording bug stop or kill the guest
+                self._agent.errors.append(f"at {self._addr:#x}: {type(exc).__name__}: {exc}")
                 gdb.write(f"piix3-ports: error at {self._addr:#x}: {exc}\n", gdb.STDERR)
                 return False
 

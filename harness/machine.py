@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import mmap
 import os
@@ -37,6 +38,7 @@ EVENT_WAIT = 0.05  # s, to let QMP events already sent by QEMU be read
 HANG_INTERRUPT_TIMEOUT = 5.0  # s, for a hung guest to stop after -exec-interrupt
 PARK_SYMBOL = "harness_ready"
 SNAPSHOT_NAME = "piix3-park"
+SNAPSHOT_MEMORY_MIB = 64  # loadvm time grows with guest RAM; 64 MiB holds the 32 MiB transfer buffer
 ERROR_RECORD_SIZE = 40  # sizeof(struct ata_error_record), checked against the kernel at boot
 SHM_ROOT = Path("/dev/shm")
 TRACE_FILE = "qemu-trace.log"  # QEMU's -D log: device-side trace events (harness/devtrace.py)
@@ -175,7 +177,8 @@ class Machine:
     # --- boot ------------------------------------------------------------------------
     def _qemu_paths(self) -> QemuPaths:
         assert self.rundir is not None and self.artifacts is not None
-        return QemuPaths.under(self.rundir, self.artifacts)
+        paths = QemuPaths.under(self.rundir, self.artifacts)
+        return dataclasses.replace(paths, trace_log=self._path(TRACE_FILE))  # for device_trace()
 
     def _boot(self) -> None:
         """Start a fresh QEMU (paused), attach GDB (kept across reboots), run to harness_ready."""
@@ -515,7 +518,8 @@ class Machine:
         """`with m.watch_ports("primary", 0x3F6) as io:` records every in/out/ins/outs to those
         ports (ints, ranges, names: see PortMap.named_ranges; none means every IDE port) while
         active: breakpoints on each port instruction in the kernel, auto-continuing, all deleted
-        on exit. `io.events` lists PortAccess events; string transfers keep up to `capture` bytes."""
+        on exit. `io.events` lists PortAccess events; string transfers keep their bytes, up to
+        `capture` bytes in all (default 1 MiB; later ones get data=None)."""
         from harness.ports import DATA_CAPTURE_LIMIT, PortWatch
 
         agent = self.ports

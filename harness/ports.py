@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 AGENT_PATH = Path(__file__).with_name("gdb_ports_agent.py")
 AGENT_REPLY = "piix3-ports-reply: "  # gdb_ports_agent.REPLY_PREFIX
 AGENT_TIMEOUT = 30.0  # s, for one agent request (the first one disassembles the kernel)
-DATA_CAPTURE_LIMIT = 64 * 1024  # bytes of each string transfer kept in its event
+DATA_CAPTURE_LIMIT = 1 << 20  # bytes of string-transfer data one watch keeps (then data=None)
 
 # PIIX3 legacy (compatibility-mode) bases, guest/piix3.h
 PRIMARY_CMD, PRIMARY_CTRL = 0x1F0, 0x3F6
@@ -81,7 +81,7 @@ class PortAccess:
     register: str = ""  # "primary Command", "secondary BM Status", ...
     decoded: str = ""  # "WRITE MULTIPLE", "DRDY|DSC", ...
     buffer: int | None = None  # guest address of a string transfer
-    data: bytes | None = None  # bytes moved by a string transfer (up to DATA_CAPTURE_LIMIT)
+    data: bytes | None = None  # bytes moved by a string transfer (within the watch's capture budget)
     where: str = ""  # driver side: the code that made it, "issue (ata.c:186)"
     pc: int | None = None  # driver side: the instruction's address
     repeat: int = 1  # identical consecutive reads folded into one (see squash)
@@ -443,6 +443,7 @@ class PortsAgent:
         self._map: PortMap | None = None
         self._map_boot = -1
         self.watchers: dict[int, str] = {}  # agent id -> what it watches, while active
+        self._errors_seen = 0
 
     @property
     def active(self) -> bool:
@@ -456,6 +457,7 @@ class PortsAgent:
             )
             self._gdb = gdb
             self.watchers.clear()
+            self._errors_seen = 0
         return gdb
 
     def call(self, action: str, args: dict[str, Any] | None = None, timeout: float = AGENT_TIMEOUT) -> Any:
@@ -519,6 +521,13 @@ class PortsAgent:
         if not self.watchers and reply["breakpoints"]:
             raise PortError(
                 f"{reply['breakpoints']} port breakpoints remain after the last watch ended",
+                artifacts=self._m.artifact_files(),
+            )
+        if reply.get("error_count", 0) > self._errors_seen:
+            self._errors_seen = reply["error_count"]
+            raise PortError(
+                f"recording failed at {reply['error_count']} breakpoint hit(s), the record is incomplete: "
+                + "; ".join(reply.get("errors", [])),
                 artifacts=self._m.artifact_files(),
             )
         return self.events_from(reply["events"]), int(reply["hits"])

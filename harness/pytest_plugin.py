@@ -19,7 +19,7 @@ import pytest
 from harness import procs
 from harness.disk import DiskImage
 from harness.errors import HarnessError
-from harness.machine import CALL_TIMEOUT, Machine
+from harness.machine import CALL_TIMEOUT, SNAPSHOT_MEMORY_MIB, Machine
 from harness.paths import GDBINIT
 from harness.qemu import FIRMWARE
 
@@ -27,7 +27,6 @@ _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 _ARTIFACT_DIRS = pytest.StashKey[list[Path]]()
 _POOL = pytest.StashKey["SnapshotPool"]()
 _MACHINES = pytest.StashKey[list[Machine]]()  # every machine a test used, for --piix3-keep-on-fail
-POOL_MEMORY_MIB = 64  # loadvm time grows with guest RAM; 64 MiB holds the 32 MiB transfer buffer
 
 MachineFactory = Callable[..., Machine]
 
@@ -210,7 +209,7 @@ class SnapshotPool:
         m = Machine(
             disks=[disk],
             firmware=firmware,
-            memory_mib=POOL_MEMORY_MIB,
+            memory_mib=SNAPSHOT_MEMORY_MIB,
             artifacts_dir=self.root / f"{firmware}-artifacts",
         )
         m.start()

@@ -331,6 +331,12 @@ def test_watch_filters_ports_and_nests(machine: Machine) -> None:
     assert [e.direction for e in cmd.events] == ["out", "in"]
     with pytest.raises(PortError, match="unknown port"):
         m.watch_ports("tertiary")
+    with m.watch_ports("primary", capture=600) as small:  # a budget for the bytes kept
+        m.ata.write(0, 50, pattern(10, 2), mode="pio")
+        m.ata.read(0, 50, 2, mode="pio")
+    moved = [e for e in small.events if e.port == 0x1F0]
+    assert [(e.direction, e.count) for e in moved] == [("out", 256), ("in", 256)]
+    assert moved[0].data == pattern(10, 2)[:600] and moved[1].data is None
 
 
 def test_piix3_trace_prints_both_sides(tmp_path: Path) -> None:

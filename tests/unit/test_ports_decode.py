@@ -358,3 +358,13 @@ def test_stop_names_the_access() -> None:
     access = PMAP.access("out", 0x1F7, 1, 0xC5, where="issue (ata.c:188)")
     stop = Stop("issue", 188, 0x1024FB, "port-breakpoint", parked=False, access=access)
     assert "issue:188" in str(stop) and "WRITE MULTIPLE" in str(stop)
+
+
+def test_qemu_writes_its_trace_to_the_file_given() -> None:
+    from harness.qemu import QemuConfig, QemuPaths, build_command
+
+    paths = QemuPaths.under(Path("/run/m"), Path("/logs/m"))
+    cfg = QemuConfig(kernel=Path("/k.elf"))
+    assert "-D" not in build_command(cfg, paths), "no trace file unless asked"
+    argv = build_command(cfg, dataclasses.replace(paths, trace_log=Path("/logs/m/qemu-trace,1.log")))
+    assert argv[argv.index("-D") + 1] == "/logs/m/qemu-trace,1.log", "-D takes a plain file name"
