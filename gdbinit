@@ -98,7 +98,7 @@ def _piix3_channel(arg):
         raise gdb.GdbError("channel is 0 (primary) or 1 (secondary)")
     ports = _piix3_module("ports")
     try:  # where the driver put the channel (native-mode channels move)
-        cmd, ctrl, bm = (_piix3_int(f"channels[{ch}].{f}") & 0xFFFF for f in ("cmd", "ctrl", "bm"))
+        cmd, ctrl, bm = (_piix3_int(f"'ata.c'::channels[{ch}].{f}") & 0xFFFF for f in ("cmd", "ctrl", "bm"))
     except gdb.error:
         cmd, ctrl, bm = 0, 0, 0
     if not cmd:
@@ -110,7 +110,7 @@ def _piix3_channel(arg):
 def _piix3_port_map():
     ports = _piix3_module("ports")
     try:
-        bm = _piix3_int("channels[0].bm") & 0xFFFC
+        bm = _piix3_int("'ata.c'::channels[0].bm") & 0xFFFC
     except gdb.error:
         bm = 0
     return ports.PortMap(bm or ports.BMIBA_DEFAULT)

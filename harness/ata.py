@@ -83,7 +83,9 @@ class Ata:
         )
 
     def _run(self, operation: str, request: Request) -> None:
-        rc = self._m.request(request)
+        self._check(operation, request, self._m.request(request))
+
+    def _check(self, operation: str, request: Request, rc: int) -> None:
         if rc != AtaCode.OK:
             if rc not in AtaCode._value2member_map_:
                 raise AtaError(
@@ -122,16 +124,13 @@ class Ata:
         self._run("identify", Request(Op.IDENTIFY, drive=drive, buf=buf))
         return parse_identify(drive, self._m.read_memory(buf, IDENTIFY_BYTES))
 
-    def read(self, drive: int, lba: int, count: int, mode: str = DEFAULT_MODE) -> bytes:
-        """Read count sectors from lba; the driver refuses bad arguments before any port I/O."""
+    def _read_request(self, drive: int, lba: int, count: int, mode: str) -> tuple[str, Request]:
         op = f"read {count} sector(s) at LBA {lba} ({mode})"
         m = self._mode(mode, drive, op)
         buf = self._buffer(max(count, 0) * SECTOR, drive, op)
-        self._run(op, Request(Op.READ, drive=drive, lba=lba, count=count & 0xFFFFFFFF, buf=buf, mode=m))
-        return self._m.read_memory(buf, count * SECTOR)
+        return op, Request(Op.READ, drive=drive, lba=lba, count=count & 0xFFFFFFFF, buf=buf, mode=m)
 
-    def write(self, drive: int, lba: int, data: bytes, mode: str = DEFAULT_MODE) -> None:
-        """Write data (a non-empty multiple of 512 bytes) at lba."""
+    def _write_request(self, drive: int, lba: int, data: bytes, mode: str) -> tuple[str, Request]:
         count = len(data) // SECTOR
         op = f"write {count} sector(s) at LBA {lba} ({mode})"
         if not data or len(data) % SECTOR:
@@ -139,7 +138,30 @@ class Ata:
         m = self._mode(mode, drive, op)
         buf = self._buffer(len(data), drive, op)
         self._m.write_memory(buf, bytes(data))
-        self._run(op, Request(Op.WRITE, drive=drive, lba=lba, count=count, buf=buf, mode=m))
+        return op, Request(Op.WRITE, drive=drive, lba=lba, count=count, buf=buf, mode=m)
+
+    def read(self, drive: int, lba: int, count: int, mode: str = DEFAULT_MODE) -> bytes:
+        """Read count sectors from lba; the driver refuses bad arguments before any port I/O."""
+        op, req = self._read_request(drive, lba, count, mode)
+        self._run(op, req)
+        return self._m.read_memory(req.buf, count * SECTOR)
+
+    def write(self, drive: int, lba: int, data: bytes, mode: str = DEFAULT_MODE) -> None:
+        """Write data (a non-empty multiple of 512 bytes) at lba."""
+        self._run(*self._write_request(drive, lba, data, mode))
+
+    def begin_read(self, drive: int, lba: int, count: int, mode: str = DEFAULT_MODE) -> Pending:
+        """Post a read without running it: `m.cont()` stops at port breakpoints inside it,
+        `.finish()` runs it to harness_ready and returns the data."""
+        op, req = self._read_request(drive, lba, count, mode)
+        self._m.post(req)
+        return Pending(self, op, req, count * SECTOR)
+
+    def begin_write(self, drive: int, lba: int, data: bytes, mode: str = DEFAULT_MODE) -> Pending:
+        """Post a write without running it (see begin_read); `.finish()` returns None."""
+        op, req = self._write_request(drive, lba, data, mode)
+        self._m.post(req)
+        return Pending(self, op, req, 0)
 
     def flush(self, drive: int) -> None:
         """FLUSH CACHE (EXT where the drive supports it)."""
@@ -215,3 +237,28 @@ class Ata:
     def drives(self) -> dict[int, DriveInfo]:
         """Every drive the driver found, by drive number, with fresh IDENTIFY data."""
         return {d: self.identify(d) for d in range(4) if self.present(d)}
+
+
+class Pending:
+    """A driver call posted to the guest's mailbox and not yet finished (m.ata.begin_*)."""
+
+    def __init__(self, ata: Ata, operation: str, request: Request, nbytes: int) -> None:
+        self._ata = ata
+        self.operation = operation
+        self.request = request
+        self._nbytes = nbytes
+
+    def finish(self) -> bytes | None:
+        """Run on to harness_ready (unless m.cont() got there already); the read's data, or
+        None for a write; AtaError if the driver failed."""
+        m = self._ata._m
+        if not m.parked:
+            stop = m.cont()
+            if not stop.parked:
+                raise GdbError(
+                    f"{self.operation}: the guest stopped at {stop} before finishing; "
+                    "remove the breakpoint or call m.cont() until it parks",
+                    artifacts=m.artifact_files(),
+                )
+        self._ata._check(self.operation, self.request, m.result(self.request))
+        return m.read_memory(self.request.buf, self._nbytes) if self._nbytes else None

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from harness.errors import HarnessError, QemuError
+from harness.errors import HarnessError
 from harness.ports import (
     BM_CHANNEL_STRIDE,
     PRIMARY_CMD,
@@ -203,18 +203,7 @@ class DeviceTrace:
         if qemu.qmp is None:
             raise PortError("QEMU's QMP is not connected", artifacts=self._m.artifact_files())
         for pattern in self.patterns:
-            # QemuProcess.command() takes `name` itself, so the QMP argument goes in raw.
-            try:
-                resp = qemu.qmp.cmd_raw("trace-event-set-state", {"name": pattern, "enable": enable})
-            except Exception as exc:
-                raise QemuError(
-                    f"QMP trace-event-set-state {pattern}: {exc}", artifacts=self._m.artifact_files()
-                ) from exc
-            if "error" in resp:
-                raise QemuError(
-                    f"QMP trace-event-set-state {pattern} refused: {resp['error'].get('desc')}",
-                    artifacts=self._m.artifact_files(),
-                )
+            qemu.command("trace-event-set-state", name=pattern, enable=enable)
 
     def __enter__(self) -> DeviceTrace:
         path = self.path

@@ -5,9 +5,11 @@ in/out/ins/outs instruction, and while a watcher is active keeps a Python breakp
 whose stop() records the access and returns False (GDB continues by itself). The value an `in`
 read is known only after the instruction, so its next instruction gets a breakpoint too. A
 `rep ins/outs` is entered through the `cld` in front of it (x86.h writes "cld; rep insl"): a
-breakpoint on the rep itself would fire once per iteration, since QEMU re-enters the instruction
-for each one. The harness talks to it with `piix3-ports ACTION HEXJSON` and reads one
-`piix3-ports-reply: JSON` line from the console; the host half is harness/ports.py.
+breakpoint on the rep itself fires once per iteration, since QEMU re-enters the instruction for
+each one (a rep with no cld before it is caught at itself, and its later iterations are known as
+such until the instruction after it is reached). The harness talks to it with
+`piix3-ports ACTION HEXJSON` and reads one `piix3-ports-reply: JSON` line from the console; the
+host half is harness/ports.py.
 
 Nothing here imports the rest of the harness: GDB's Python is the system's, not the venv's.
 """
@@ -56,6 +58,12 @@ class Site:
     @property
     def after(self) -> int:
         return self.addr + self.length
+
+    @property
+    def reentered(self) -> bool:
+        """A rep string instruction caught at itself (no cld in front): QEMU runs it one
+        iteration at a time, so its breakpoint fires once per iteration."""
+        return self.rep and self.entry == self.addr
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -213,6 +221,7 @@ class Agent:
         self.entries: dict[int, list[Site]] = {}
         self.completions: dict[int, list[Site]] = {}
         self.pending: _Pending | None = None
+        self.rep_active: set[int] = set()  # reentered rep sites between first iteration and after
         self.seq = 0
         self.next_ident = 1
         self.last_stop: list[dict[str, Any]] = []
@@ -259,8 +268,9 @@ class Agent:
         self.sync()
         return w
 
-    def sync(self) -> None:
-        """Breakpoints exactly where the active watchers need them; none when there are none."""
+    def plan(self) -> tuple[dict[int, list[Site]], dict[int, list[Site]]]:
+        """Where the active watchers need breakpoints: sites by entry address, and sites
+        completed at an address (the instruction after an `in`, or after a reentered rep)."""
         entries: dict[int, list[Site]] = {}
         completions: dict[int, list[Site]] = {}
         if self.watchers:
@@ -268,8 +278,13 @@ class Agent:
                 if site.port is not None and not any(w.wants_port(site.port) for w in self.watchers.values()):
                     continue
                 entries.setdefault(site.entry, []).append(site)
-                if site.direction == "in":
+                if site.direction == "in" or site.reentered:
                     completions.setdefault(site.after, []).append(site)
+        return entries, completions
+
+    def sync(self) -> None:
+        """Breakpoints exactly where the active watchers need them; none when there are none."""
+        entries, completions = self.plan()
         wanted = set(entries) | set(completions)
         for addr in list(self.breakpoints):
             if addr not in wanted:
@@ -284,6 +299,7 @@ class Agent:
         self.entries, self.completions = entries, completions
         if not self.watchers:
             self.pending = None
+            self.rep_active.clear()
 
     # --- a breakpoint hit ------------------------------------------------------------------
     def hit(self, addr: int) -> bool:
@@ -299,21 +315,27 @@ class Agent:
 
         stop = False
         triggered: list[dict[str, Any]] = []
+        for site in self.completions.get(addr, ()):
+            self.rep_active.discard(site.addr)  # a reentered rep has run its last iteration
         p = self.pending
-        if p is not None:
+        if p is not None and not (p.site.reentered and addr == p.site.addr):  # else: next iteration
             self.pending = None
             if p.site.after == addr:
                 ev = self._event(p.site, p.port, p.where)
                 if p.site.string:
                     ev["count"], ev["buffer"] = p.count, p.buffer
-                    ev["data"] = self._data(p.port, p.buffer, p.count * p.site.width, p.backwards)
+                    ev["data"] = self._data(p.port, p.buffer, p.count, p.site.width, p.backwards)
                 else:
                     ev["value"] = reg("eax") & ((1 << (8 * p.site.width)) - 1)
                 stop |= self._emit(ev, triggered)
         for site in self.entries.get(addr, ()):
+            if site.reentered and site.addr in self.rep_active:
+                continue  # a later iteration of a rep already recorded at its first
             port = site.port if site.port is not None else reg("edx") & 0xFFFF
             if not any(w.wants_port(port) for w in self.watchers.values()):
                 continue
+            if site.reentered:
+                self.rep_active.add(site.addr)
             count = (reg("ecx") if site.rep else 1) if site.string else 1
             backwards = site.string and not site.df_known and bool(reg("eflags") & EFLAGS_DF)
             where = self._where(addr)
@@ -324,7 +346,7 @@ class Agent:
             ev = self._event(site, port, where)
             if site.string:
                 ev["count"], ev["buffer"] = count, reg("esi")
-                ev["data"] = self._data(port, reg("esi"), count * site.width, backwards)
+                ev["data"] = self._data(port, reg("esi"), count, site.width, backwards)
             else:
                 ev["value"] = reg("eax") & ((1 << (8 * site.width)) - 1)
             stop |= self._emit(ev, triggered)
@@ -345,15 +367,17 @@ class Agent:
             "where": where,
         }
 
-    def _data(self, port: int, buffer: int | None, nbytes: int, backwards: bool) -> str | None:
-        """The bytes a string transfer moved (hex), as far as the watchers' budgets go."""
+    def _data(self, port: int, buffer: int | None, count: int, width: int, backwards: bool) -> str | None:
+        """The bytes a string transfer moved (hex, in memory order), as far as the watchers'
+        budgets go. With the direction flag set the buffer grows down from `buffer`."""
+        nbytes = count * width
         wanting = [w for w in self.watchers.values() if w.wants_port(port)]
         limit = min(nbytes, max((w.capture for w in wanting), default=0))
         if buffer is None or nbytes <= 0 or limit <= 0:
             return "" if nbytes == 0 else None
         for w in wanting:
             w.capture = max(0, w.capture - limit)
-        start = buffer - nbytes + 1 if backwards else buffer
+        start = buffer - (count - 1) * width if backwards else buffer
         return bytes(gdb.selected_inferior().read_memory(start, limit)).hex()
 
     def _emit(self, ev: dict[str, Any], triggered: list[dict[str, Any]]) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import mmap
 import os
@@ -21,7 +20,7 @@ from harness.errors import ConfigError, GdbError, HarnessError, HarnessTimeout, 
 from harness.faults import Fault
 from harness.gdbmi import GdbMi, MiRecord, is_stopped
 from harness.paths import find_kernel
-from harness.qemu import QemuConfig, QemuPaths, QemuProcess
+from harness.qemu import TRACE_LOG_NAME, QemuConfig, QemuPaths, QemuProcess
 from harness.stops import REQUEST, Op, Request, Stop
 
 if TYPE_CHECKING:
@@ -41,7 +40,6 @@ SNAPSHOT_NAME = "piix3-park"
 SNAPSHOT_MEMORY_MIB = 64  # loadvm time grows with guest RAM; 64 MiB holds the 32 MiB transfer buffer
 ERROR_RECORD_SIZE = 40  # sizeof(struct ata_error_record), checked against the kernel at boot
 SHM_ROOT = Path("/dev/shm")
-TRACE_FILE = "qemu-trace.log"  # QEMU's -D log: device-side trace events (harness/devtrace.py)
 DATA_PATHS = ("shm", "gdb")
 
 
@@ -115,6 +113,7 @@ class Machine:
         self._symbols: dict[str, int] = {}
         self._seq = 0
         self._requests = 0
+        self.parked = False  # at harness_ready with no posted request still to run
         self._ports: PortsAgent | None = None  # port watching, loaded into GDB on first use
         self._device_traces = 0  # active device_trace() contexts
 
@@ -177,8 +176,7 @@ class Machine:
     # --- boot ------------------------------------------------------------------------
     def _qemu_paths(self) -> QemuPaths:
         assert self.rundir is not None and self.artifacts is not None
-        paths = QemuPaths.under(self.rundir, self.artifacts)
-        return dataclasses.replace(paths, trace_log=self._path(TRACE_FILE))  # for device_trace()
+        return QemuPaths.under(self.rundir, self.artifacts)
 
     def _boot(self) -> None:
         """Start a fresh QEMU (paused), attach GDB (kept across reboots), run to harness_ready."""
@@ -288,6 +286,7 @@ class Machine:
         """Fill the guest's request mailbox; the next cont() runs it."""
         self._seq = self._read_request()[8]
         self.write_memory(self.symbol("request"), request.pack(self._seq))
+        self.parked = False  # until a cont() brings the guest back to harness_ready
 
     def _read_request(self) -> tuple[int, ...]:
         return REQUEST.unpack(self.read_memory(self.symbol("request"), REQUEST.size))
@@ -313,6 +312,7 @@ class Machine:
             self._check_paused(stop)
         if not stop.parked and self._ports is not None and self._ports.active:
             stop = self._ports.explain(stop)  # a port breakpoint: what the access was
+        self.parked = stop.parked
         return stop
 
     def _check_paused(self, stop: Stop) -> None:
@@ -346,6 +346,11 @@ class Machine:
                 f"guest stopped at {stop} during {request.op.name} instead of returning to {PARK_SYMBOL}",
                 artifacts=self.artifact_files(),
             )
+        return self.result(request)
+
+    def result(self, request: Request) -> int:
+        """The result of the request posted last, once cont() has parked: raises if the guest
+        rebooted on the way (the mailbox was lost)."""
         fields = self._read_request()
         op, result, seq = fields[0], fields[1], fields[8]
         if op != Op.NONE or seq != (self._seq + 1) & 0xFFFFFFFF:
@@ -510,7 +515,7 @@ class Machine:
     @property
     def trace_log(self) -> Path | None:
         """QEMU's -D log file, where device_trace() events go."""
-        return self._path(TRACE_FILE) if self.artifacts is not None else None
+        return self._path(TRACE_LOG_NAME) if self.artifacts is not None else None
 
     def watch_ports(
         self, *ports: int | range | str | tuple[int, int], capture: int | None = None

@@ -481,7 +481,7 @@ class PortsAgent:
         """The PIIX3 map with the bus-master base the driver uses (read once per boot)."""
         if self._map is None or self._map_boot != self._m.boots:
             try:
-                base = self._m.evaluate_int("channels[0].bm") & 0xFFFC
+                base = self._m.evaluate_int("'ata.c'::channels[0].bm") & 0xFFFC  # the driver's own
             except HarnessError:
                 base = 0
             self._map = PortMap(base or BMIBA_DEFAULT)

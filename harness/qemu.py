@@ -32,6 +32,7 @@ QEMU_EXIT_GRACE = 1.0  # s, for a QEMU that hung up on us to finish exiting
 POLL_SLICE = 0.02  # s, how often a wait for QEMU checks that it is still alive
 FIRMWARE = {"seabios": None, "qboot": "/usr/share/qemu/qboot.rom"}
 MAX_DRIVES = 4
+TRACE_LOG_NAME = "qemu-trace.log"  # QEMU's -D log: device-side trace events (harness/devtrace.py)
 IO_ERROR_POLICIES = ("report", "stop")
 
 
@@ -77,6 +78,7 @@ class QemuPaths:
     qemu_log: Path
     cmdline: Path
     rundir: Path | None = None  # where generated files (blkdebug rules) go
+    trace_log: Path | None = None  # QEMU's log file (-D): trace events, switched on at runtime
 
     @classmethod
     def under(cls, rundir: Path, logs: Path) -> QemuPaths:
@@ -89,9 +91,8 @@ class QemuPaths:
             qemu_log=logs / "qemu.log",
             cmdline=logs / "qemu.cmdline",
             rundir=rundir,
+            trace_log=logs / TRACE_LOG_NAME,
         )
-
-    trace_log: Path | None = None  # QEMU's log file (-D): trace events, switched on at runtime
 
 
 def _opt(path: Path) -> str:
@@ -284,7 +285,7 @@ class QemuProcess:
             history.clear()
         return events
 
-    def command(self, name: str, **args: object) -> Any:
+    def command(self, name: str, /, **args: object) -> Any:
         """One QMP command; its result, or QemuError."""
         if self.qmp is None:
             raise self._error(f"QMP {name}: QEMU is not running")

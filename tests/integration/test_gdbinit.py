@@ -9,11 +9,12 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pexpect
 import pytest
 
-from harness import DiskImage
+from harness import DiskImage, pytest_plugin
 from harness.paths import REPO_ROOT
 
 pytestmark = pytest.mark.qemu
@@ -156,14 +157,11 @@ def test_keep_on_fail_hands_the_paused_qemu_to_gdb(tmp_path: Path) -> None:
     socket = re.search(r"target remote ([^']+)'", command)
     assert socket is not None and not Path(socket.group(1)).exists(), "the machine was torn down after Enter"
 
-    # Without a terminal (or in CI) it only says so, and does not wait.
-    done = subprocess.run(
-        [sys.executable, *argv],
-        cwd=tmp_path,
-        env={**env, "CI": "1"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-    assert done.returncode == 1 and "not pausing" in done.stdout, done.stdout
+
+@pytest.mark.parametrize(("ci", "tty", "pauses"), [("", True, True), ("1", True, False), ("", False, False)])
+def test_keep_on_fail_pauses_only_for_a_person(
+    monkeypatch: pytest.MonkeyPatch, ci: str, tty: bool, pauses: bool
+) -> None:
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(isatty=lambda: tty))
+    assert pytest_plugin._interactive() is pauses

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from harness import DiskImage, Machine
+from harness import AtaCode, AtaError, DiskImage, Machine
 from harness.devtrace import DeviceAction
 from harness.ports import PortAccess, PortError, compare, normalize
 from harness.pytest_plugin import MachineFactory
@@ -376,3 +376,40 @@ def test_device_trace_needs_one_qemu(machine_factory: MachineFactory, disk: Disk
     with m.device_trace() as dev:
         m.ata.flush(0)
     assert dev.events and dev.unparsed == []
+
+
+def test_a_recording_failure_is_reported_not_hidden(machine: Machine) -> None:
+    """A breakpoint hit the agent could not record lets the guest go on, and the watch says
+    the record is incomplete instead of returning a silently short one."""
+    m = machine
+    assert m.gdb is not None
+    m.ports.status()  # the agent is loaded
+    broken = "python PIIX3_PORTS_AGENT.where_cache.clear(); PIIX3_PORTS_AGENT._where = lambda pc: 1 // 0"
+    try:
+        with pytest.raises(PortError, match="record is incomplete.*ZeroDivisionError"), m.watch_ports(0x1F7):
+            m.gdb.command(f'-interpreter-exec console "{broken}"')
+            m.ata.flush(0)  # still completes
+    finally:
+        m.gdb.command('-interpreter-exec console "python del PIIX3_PORTS_AGENT._where"')
+    assert _breakpoints(m) == (["1"], 0)
+    with m.watch_ports(0x1F7) as io:
+        m.ata.flush(0)
+    assert [e.direction for e in io.events] == ["out", "in"]
+
+
+def test_begin_write_steps_through_a_port_breakpoint(machine: Machine) -> None:
+    """The user-level flow: begin a call, stop inside it at a port access, finish it."""
+    m = machine
+    data = pattern(11, 3)
+    with m.break_on_port(0x1F7, direction="out", value=0xCA):  # WRITE DMA
+        call = m.ata.begin_write(0, 70, data, mode="dma")
+        stop = m.cont()
+        assert not stop.parked and stop.access is not None and stop.access.decoded == "WRITE DMA"
+        assert call.finish() is None
+    assert m.parked
+    pending = m.ata.begin_read(0, 70, 3, mode="pio")
+    assert pending.finish() == data
+    bad = m.ata.begin_read(0, 1 << 40, 1)
+    with pytest.raises(AtaError) as e:
+        bad.finish()
+    assert e.value.code is AtaCode.RANGE

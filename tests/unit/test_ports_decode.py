@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -365,6 +366,113 @@ def test_qemu_writes_its_trace_to_the_file_given() -> None:
 
     paths = QemuPaths.under(Path("/run/m"), Path("/logs/m"))
     cfg = QemuConfig(kernel=Path("/k.elf"))
-    assert "-D" not in build_command(cfg, paths), "no trace file unless asked"
+    assert build_command(cfg, paths)[build_command(cfg, paths).index("-D") + 1] == "/logs/m/qemu-trace.log"
+    assert "-D" not in build_command(cfg, dataclasses.replace(paths, trace_log=None)), "none unless asked"
     argv = build_command(cfg, dataclasses.replace(paths, trace_log=Path("/logs/m/qemu-trace,1.log")))
     assert argv[argv.index("-D") + 1] == "/logs/m/qemu-trace,1.log", "-D takes a plain file name"
+
+
+# --- the agent's hit logic, on the recorded instructions, with GDB faked -------------------------
+class _FakeFrame:
+    def __init__(self, pc: int, regs: dict[str, int]) -> None:
+        self._pc, self._regs = pc, regs
+
+    def read_register(self, name: str) -> int:
+        return self._regs.get(name, 0)
+
+    def pc(self) -> int:
+        return self._pc
+
+    def type(self) -> int:
+        return 0
+
+    def find_sal(self) -> Any:
+        return SimpleNamespace(symtab=SimpleNamespace(filename="guest/ata.c"), line=self._pc & 0xFF)
+
+    def name(self) -> str:
+        return "driver_fn"
+
+    def older(self) -> None:
+        return None
+
+
+class _FakeGdb:
+    """Just what Agent.hit touches: the newest frame's registers and inferior memory."""
+
+    INLINE_FRAME = 5
+    error = RuntimeError
+
+    def __init__(self, memory: bytearray) -> None:
+        self.memory = memory
+        self.frame = _FakeFrame(0, {})
+
+    def newest_frame(self) -> _FakeFrame:
+        return self.frame
+
+    def selected_inferior(self) -> Any:
+        return SimpleNamespace(read_memory=lambda addr, n: bytes(self.memory[addr : addr + n]))
+
+
+def test_agent_records_each_kind_of_instruction_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replays executions of the recorded variants: plain in/out (an `in` completes at the next
+    instruction, itself an `in`), rep string instructions entered at their cld, and reps caught
+    at themselves, which QEMU re-enters once per iteration."""
+    from harness import gdb_ports_agent as agent_mod
+
+    memory = bytearray(0x10000)
+    memory[0x5000:0x5006] = b"abcdef"
+    memory[0x6000:0x6002] = b"XY"
+    memory[0x6FFC:0x7004] = b"cdef0123"
+    memory[0x8000:0x8008] = b"ABCDEFGH"
+    fake = _FakeGdb(memory)
+    monkeypatch.setattr(agent_mod, "gdb", fake, raising=False)
+    agent = agent_mod.Agent()
+    agent.sites = find_sites(_disasm("gdb-disasm-port-variants.txt"))
+    agent.watchers = {
+        1: agent_mod.Watcher(1, [(0, 0xFFFF)]),
+        2: agent_mod.Watcher(2, [(0x1F7, 0x1F7)], direction="out", value=0xC5, stop=True),
+    }
+    agent.entries, agent.completions = agent.plan()
+
+    def step(pc: int, **regs: int) -> bool:
+        fake.frame = _FakeFrame(pc, regs)
+        return agent.hit(pc)
+
+    assert step(0x1012, edx=0x1F7, eax=0xC5) is True  # out %al,(%dx): the stopping watcher matches
+    assert [e["value"] for e in agent.last_stop] == [0xC5]
+    assert step(0x1007, edx=0x3F6) is False  # in (%dx),%al: pending until the next instruction
+    assert step(0x1008, edx=0x1F2, eax=0x1258) is False  # completes it (al=0x58); itself in %ax
+    assert step(0x100A, edx=0x1F0, eax=0xABCD1234) is False  # completes in %ax; itself in %eax
+    assert step(0x100B, eax=0xABCD1277) is False  # completes in %eax; out %al,$0x80 sends its al
+    assert step(0x101E, edx=0x1F0, ecx=3, edi=0x5000) is False  # cld before rep insw
+    assert step(0x1022, edx=0x170, ecx=2, esi=0x6000) is False  # after it; cld before rep outsb
+    for left in (2, 1):  # std; rep insl: caught at itself, once per iteration, DF set
+        assert step(0x1026, edx=0x1F0, ecx=left, edi=0x7000 - 4 * (2 - left), eflags=1 << 10) is False
+    assert step(0x1028, edx=0x1F0, ecx=2, esi=0x8000) is False  # done; rep outsl caught at itself
+    assert step(0x1028, edx=0x1F0, ecx=1, esi=0x8004) is False  # its second iteration
+    assert step(0x102A) is False  # after it
+    got = [
+        (
+            e["direction"],
+            e["port"],
+            e["width"],
+            e["value"],
+            e["count"],
+            e["data"] and bytes.fromhex(e["data"]),
+        )
+        for e in agent.watchers[1].events
+    ]
+    assert got == [
+        ("out", 0x1F7, 1, 0xC5, 1, None),
+        ("in", 0x3F6, 1, 0x58, 1, None),
+        ("in", 0x1F2, 2, 0x1234, 1, None),
+        ("in", 0x1F0, 4, 0xABCD1277, 1, None),
+        ("out", 0x80, 1, 0x77, 1, None),
+        ("in", 0x1F0, 2, None, 3, b"abcdef"),
+        ("out", 0x170, 1, None, 2, b"XY"),
+        ("in", 0x1F0, 4, None, 2, b"cdef0123"),  # stored downwards from 0x7000: memory order
+        ("out", 0x1F0, 4, None, 2, b"ABCDEFGH"),
+    ]
+    assert [e["seq"] for e in agent.watchers[1].events] == list(range(1, 10))
+    assert agent.watchers[2].hits == 1 and len(agent.watchers[2].events) == 1
+    assert agent.rep_active == set() and agent.pending is None
