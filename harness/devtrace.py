@@ -19,16 +19,15 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING
 
-from harness.errors import HarnessError
 from harness.ports import (
     BM_CHANNEL_STRIDE,
     PRIMARY_CMD,
     PRIMARY_CTRL,
     SECONDARY_CMD,
     SECONDARY_CTRL,
+    ClosingContext,
     Comparison,
     PortAccess,
     PortError,
@@ -177,7 +176,7 @@ def parse_trace(lines: Iterable[str], port_map: PortMap | None = None) -> Device
     return rec
 
 
-class DeviceTrace:
+class DeviceTrace(ClosingContext):
     """`with m.device_trace() as dev:` records what QEMU's IDE emulation saw while active;
     afterwards `dev.events` (PortAccess, like the driver side) and `dev.actions`."""
 
@@ -216,16 +215,6 @@ class DeviceTrace:
             self._m._device_traces -= 1
             raise
         return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        try:
-            self.close()
-        except HarnessError:
-            if exc is None:
-                raise
-            log.warning("could not end the device trace cleanly during an exception", exc_info=True)
 
     def close(self) -> None:
         """Switch the events off (when no other device trace is active) and parse the record."""

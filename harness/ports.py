@@ -559,7 +559,25 @@ class PortsAgent:
         return dict(self.call("status", {}))
 
 
-class PortWatch:
+class ClosingContext:
+    """`with` ends in close(); a close() failing while another exception is on its way is
+    logged, not raised over it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            self.close()
+        except HarnessError:
+            if exc is None:
+                raise
+            log.warning("could not end %s cleanly during an exception", type(self).__name__, exc_info=True)
+
+
+class PortWatch(ClosingContext):
     """`with m.watch_ports(...) as io:` records every access to the ports while active;
     `io.events` holds them afterwards (`io.fetch()` reads them while still active)."""
 
@@ -574,16 +592,6 @@ class PortWatch:
     def __enter__(self) -> PortWatch:
         self._ident = self._agent.watch(self.ranges, what=self.what, capture=self.capture)
         return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        try:
-            self.close()
-        except HarnessError:
-            if exc is None:
-                raise
-            log.warning("could not end the port watch cleanly during an exception", exc_info=True)
 
     def close(self) -> None:
         """End the watch: its breakpoints are deleted, its events kept in `events`."""

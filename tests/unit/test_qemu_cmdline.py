@@ -15,14 +15,7 @@ from harness.qemu import QemuConfig, QemuPaths, build_command
 @pytest.fixture
 def paths(tmp_path: Path) -> QemuPaths:
     run = tmp_path / "run"
-    return QemuPaths(
-        qmp_socket=run / "qmp.sock",
-        gdb_socket=run / "gdb.sock",
-        ram_file=run / "ram",
-        serial_log=run / "serial.log",
-        qemu_log=run / "qemu.log",
-        cmdline=run / "qemu.cmdline",
-    )
+    return QemuPaths.under(run, run)
 
 
 @pytest.fixture
