@@ -300,6 +300,8 @@ class Machine:
         """
         gdb, qemu = self._live()
         limit = timeout or self.call_timeout
+        if self._ports is not None:
+            self._ports.arm_pending()
         gdb.discard_async()
         gdb.command("-exec-continue", alive=qemu.check_alive)
         try:
@@ -417,6 +419,8 @@ class Machine:
 
     def call(self, function: str, *args: int, timeout: float | None = None) -> int:
         """Call a guest C function with integer arguments; returns its int result."""
+        if self._ports is not None:
+            self._ports.arm_pending()  # the guest runs during the call
         return self.evaluate_int(f"{function}({', '.join(str(a) for a in args)})", timeout)
 
     def read_memory(self, addr: int, length: int) -> bytes:

@@ -443,6 +443,7 @@ class PortsAgent:
         self._map: PortMap | None = None
         self._map_boot = -1
         self.watchers: dict[int, str] = {}  # agent id -> what it watches, while active
+        self.pending: list[PortWatch] = []  # watches entered but not armed: the guest has not run
         self._errors_seen = 0
 
     @property
@@ -476,6 +477,12 @@ class PortsAgent:
             f"the ports agent gave no reply to {action!r}: {text[-300:]!r}",
             artifacts=self._m.artifact_files(),
         )
+
+    def arm_pending(self) -> None:
+        """Arm the watches entered since the guest last ran (the Machine calls this before it
+        lets the guest run): an idle watch costs nothing."""
+        for watch in list(self.pending):
+            watch.arm()
 
     def port_map(self) -> PortMap:
         """The PIIX3 map with the bus-master base the driver uses (read once per boot)."""
@@ -590,11 +597,21 @@ class PortWatch(ClosingContext):
         self._ident: int | None = None
 
     def __enter__(self) -> PortWatch:
-        self._ident = self._agent.watch(self.ranges, what=self.what, capture=self.capture)
+        # Breakpoints go in when the guest next runs (PortsAgent.arm_pending): until then
+        # there is nothing to record, and inserting ~200 of them costs ~20 ms.
+        self._agent.pending.append(self)
         return self
+
+    def arm(self) -> None:
+        if self in self._agent.pending:
+            self._agent.pending.remove(self)
+            self._ident = self._agent.watch(self.ranges, what=self.what, capture=self.capture)
 
     def close(self) -> None:
         """End the watch: its breakpoints are deleted, its events kept in `events`."""
+        if self in self._agent.pending:  # never armed: the guest did not run meanwhile
+            self._agent.pending.remove(self)
+            return
         if self._ident is None:
             return
         ident, self._ident = self._ident, None

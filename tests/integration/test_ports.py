@@ -303,7 +303,10 @@ def test_no_breakpoint_remains_after_the_watch(machine: Machine) -> None:
     m = machine
     assert _breakpoints(m) == (["1"], 0)
     with m.watch_ports("primary", 0x3F6):
+        idle = _breakpoints(m)
+        m.ata.flush(0)  # the guest runs: now the watch is armed
         during = _breakpoints(m)
+    assert idle == (["1"], 0), "an idle watch inserts nothing until the guest runs"
     assert during[0] == ["1"] and during[1] > 50, (
         "while active: internal breakpoints on the port instructions"
     )
