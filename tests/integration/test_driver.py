@@ -4,6 +4,7 @@ device errors, and a model-based property test. Run under both firmwares by `mak
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,30 @@ def test_random_operations_match_a_model(machine_factory: MachineFactory, tmp_pa
             suppress_health_check=list(HealthCheck),
         ),
     )
+
+
+def test_bad_input_touches_no_port(machine: Machine) -> None:
+    """The driver refuses bad arguments before any in/out: a watch on every port sees nothing."""
+    m = machine
+    xfer = m.symbol("xfer_buf")
+    sectors = m.ata.sectors(0)
+    refused: list[tuple[str, Callable[[], object], AtaCode]] = [
+        ("LBA past the end", lambda: m.ata.read(0, sectors, 1), AtaCode.RANGE),
+        ("LBA + count past the end", lambda: m.ata.write(0, sectors - 1, bytes(2 * SECTOR)), AtaCode.RANGE),
+        ("count 0", lambda: m.ata.read(0, 0, 0), AtaCode.INVAL),
+        ("no disk", lambda: m.ata.read(1, 0, 1), AtaCode.NODEV),
+        ("drive 9", lambda: m.ata.flush(9), AtaCode.INVAL),
+        ("channel 2", lambda: m.ata.reset_channel(2), AtaCode.INVAL),
+    ]
+    with m.watch_ports("all") as io:
+        for name, action, code in refused:
+            with pytest.raises(AtaError) as e:
+                action()
+            assert e.value.code is code, name
+        assert m.call("ata_read", 0, 0, 1, 0, 1) == AtaCode.INVAL  # NULL buffer
+        assert m.call("ata_read", 0, 0, 1, xfer + 1, 1) == AtaCode.INVAL  # odd DMA buffer
+        assert m.call("ata_write", 0, 0, 1, xfer, 7) == AtaCode.INVAL  # no such mode
+    assert io.events == [], f"refused calls touched ports: {io.events[:5]}"
+    with m.watch_ports("primary") as io:
+        m.ata.read(0, 0, 1, mode="pio")
+    assert io.events, "the same watch does see a real transfer"
