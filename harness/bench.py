@@ -378,7 +378,8 @@ def _suite_rows(ctx: BenchContext) -> list[Row]:
         ctx.progress.step(f"suite -n {workers}")
     return [
         Row(
-            f"suite speed-up: serial {times['0']:.1f} s / -n auto ({os.cpu_count()} cores) {times['auto']:.1f} s",
+            f"suite speed-up: serial {times['0']:.1f} s / -n auto "
+            f"({os.cpu_count()} cores) {times['auto']:.1f} s",
             times["0"] / times["auto"],
             "x",
             target=">= 1.6x",
