@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import shutil
@@ -17,12 +18,21 @@ from typing import Any, TypeVar
 
 from harness import message
 from harness.disk import DiskImage
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.machine import Machine
 from harness.paths import BUILD_DIR, GDBINIT, find_kernel
 from harness.qemu import FIRMWARE, QemuConfig, QemuPaths, QemuProcess
 
 DEFAULT_IMAGE = BUILD_DIR / "disk.img"
+RUN_LOGS = (
+    "serial.log",
+    "qemu.log",
+    "qemu-trace.log",
+    "gdb-mi.log",
+    "qemu.cmdline",
+    "gdb.cmdline",
+    "hang.txt",
+)
 DEFAULT_LBA = 2048
 DEFAULT_SIZE_MIB = 64
 T = TypeVar("T")
@@ -74,11 +84,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.message
         or f"Hello from piix3-harness, written {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M:%S} UTC"
     )
-    record = message.encode(text)
+    try:
+        record = message.encode(text)
+    except ValueError as exc:
+        raise ConfigError(f"--message: {exc}") from None
     count = len(record) // 512
     lba = args.lba
     artifacts = Path(args.artifacts)
-    shutil.rmtree(artifacts, ignore_errors=True)
+    for name in RUN_LOGS:  # only what an earlier run wrote here: the directory may be the user's
+        with contextlib.suppress(FileNotFoundError):
+            (artifacts / name).unlink()
     print(
         f"piix3 run: {'new' if created else 'existing'} image {image} ({disk.size >> 20} MiB {disk.format}), "
         f"drive 0, LBA {lba}, firmware {args.firmware}"
@@ -316,8 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C does, so every machine is closed and its files removed.
+    signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

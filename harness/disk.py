@@ -147,13 +147,16 @@ class DiskImage:
             with open(self.path, "rb") as f:
                 f.seek(lba * SECTOR)
                 return f.read(count * SECTOR)
-        # qemu-img dd's skip/count differ between versions; a sparse conversion is exact.
+        # A raw view (offset, size) over the qcow2 node: qemu-img converts just those bytes.
+        # (qemu-img dd's skip/count differ between versions.) Paths with commas are doubled.
+        opts = (
+            f"driver=raw,offset={lba * SECTOR},size={count * SECTOR},file.driver=qcow2,"
+            f"file.file.filename={str(self.path).replace(',', ',,')}"
+        )
         with tempfile.TemporaryDirectory(prefix="piix3-read-") as tmp:
-            out = Path(tmp) / "image.raw"
-            _qemu_img(["convert", "-U", "-f", "qcow2", "-O", "raw", str(self.path), str(out)])
-            with open(out, "rb") as f:
-                f.seek(lba * SECTOR)
-                data = f.read(count * SECTOR)
+            out = Path(tmp) / "range.raw"
+            _qemu_img(["convert", "-U", "--image-opts", opts, "-O", "raw", str(out)])
+            data = out.read_bytes()
         if len(data) != count * SECTOR:
             raise DiskImageError(f"read {len(data)} of {count * SECTOR} bytes at LBA {lba} of {self.path}")
         return data

@@ -22,7 +22,7 @@ from typing import IO, Any
 from pygdbmi import gdbmiparser
 
 from harness import procs
-from harness.errors import GdbError, HarnessTimeout
+from harness.errors import GdbError, HarnessError, HarnessTimeout
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ class GdbMi:
             raise GdbError(f"{self.argv[0]} not found; run `make deps` (package gdb)") from None
         assert self.proc.stdout is not None
         os.set_blocking(self.proc.stdout.fileno(), False)
+        assert self.proc.stdin is not None
+        os.set_blocking(self.proc.stdin.fileno(), False)
 
     def wait_ready(self) -> None:
         """A tokened no-op answered proves GDB has loaded the kernel and listens."""
@@ -108,15 +110,15 @@ class GdbMi:
         return self.proc.pid if self.proc else None
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc is not None and procs.poll(self.proc) is None
 
     def close(self) -> None:
         """Ask GDB to exit, wait a bounded time, then kill it. Safe to call twice."""
         proc = self.proc
         if proc is not None:
-            if proc.poll() is None:
-                with contextlib.suppress(OSError, ValueError):
-                    self._send("-gdb-exit")
+            if procs.poll(proc) is None:
+                with contextlib.suppress(OSError, ValueError, HarnessError):
+                    self._send("-gdb-exit", timeout=GDB_EXIT_TIMEOUT)
             procs.reap(proc, GDB_EXIT_TIMEOUT)
             for pipe in (proc.stdin, proc.stdout):
                 if pipe is not None:
@@ -133,7 +135,7 @@ class GdbMi:
 
     def interrupt(self) -> None:
         """SIGINT to GDB: stops the target, and aborts an inferior call (unwindonsignal)."""
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is not None and procs.poll(self.proc) is None:
             os.kill(self.proc.pid, signal.SIGINT)
 
     # --- I/O ---------------------------------------------------------------------------
@@ -141,22 +143,42 @@ class GdbMi:
         if self._log is not None:
             self._log.write(f"{time.monotonic() - self._t0:10.6f} {direction} {text}\n")
 
-    def _send(self, line: str) -> None:
-        if self.proc is None or self.proc.stdin is None:
+    def _send(self, line: str, timeout: float = MI_TIMEOUT) -> None:
+        """Write one command line, bounded: a GDB that stops reading cannot hang us. What GDB
+        prints meanwhile is buffered, so neither side can block on a full pipe."""
+        if self.proc is None or self.proc.stdin is None or self.proc.stdout is None:
             raise GdbError("GDB is not running", artifacts=self.artifacts)
         self._note(">>", line)
-        try:
-            self.proc.stdin.write(line.encode() + b"\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            raise GdbError(
-                f"GDB died (exit status {self.proc.poll()}) before taking {line!r}", artifacts=self.artifacts
-            ) from None
+        data = memoryview(line.encode() + b"\n")
+        out_fd, in_fd = self.proc.stdout.fileno(), self.proc.stdin.fileno()
+        deadline = time.monotonic() + timeout
+        while data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise HarnessTimeout(
+                    f"GDB took no input for {timeout:g} s ({line[:60]!r}...)", artifacts=self.artifacts
+                )
+            readable, writable, _ = select.select([out_fd], [in_fd], [], remaining)
+            if readable:
+                with contextlib.suppress(BlockingIOError):
+                    self._buf += os.read(out_fd, 1 << 20)
+            if writable:
+                try:
+                    data = data[os.write(in_fd, data) :]
+                except BlockingIOError:
+                    continue
+                except OSError:  # EPIPE: GDB is gone
+                    raise GdbError(
+                        f"GDB died (exit status {procs.poll(self.proc)}) before taking {line[:60]!r}",
+                        artifacts=self.artifacts,
+                    ) from None
 
     def _read_lines(self, timeout: float) -> list[str]:
         """Whatever complete lines arrive within timeout (possibly none)."""
         assert self.proc is not None and self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
+        if b"\n" in self._buf:  # lines read while sending come first, without waiting
+            timeout = 0.0
         ready, _, _ = select.select([fd], [], [], max(timeout, 0.0))
         if ready:
             try:
@@ -223,7 +245,7 @@ class GdbMi:
         """
         self._token += 1
         token = self._token
-        self._send(f"{token}{cmd}")
+        self._send(f"{token}{cmd}", timeout)
 
         def mine(r: MiRecord) -> bool:
             return r.kind == "result" and r.token == token

@@ -37,6 +37,7 @@ EVENT_WAIT = 0.05  # s, to let QMP events already sent by QEMU be read
 HANG_INTERRUPT_TIMEOUT = 5.0  # s, for a hung guest to stop after -exec-interrupt
 PARK_SYMBOL = "harness_ready"
 SNAPSHOT_NAME = "piix3-park"
+MIN_MEMORY_MIB = 64  # the transfer buffer ends at 48 MiB; the rest is firmware and margin
 SNAPSHOT_MEMORY_MIB = 64  # loadvm time grows with guest RAM; 64 MiB holds the 32 MiB transfer buffer
 ERROR_RECORD_SIZE = 40  # sizeof(struct ata_error_record), checked against the kernel at boot
 SHM_ROOT = Path("/dev/shm")
@@ -57,7 +58,7 @@ def _disk_map(disks: Sequence[DiskImage] | Mapping[int, DiskImage] | None) -> di
     if isinstance(disks, Mapping):
         return dict(disks)
     if len(disks) > 4:
-        raise HarnessError(f"{len(disks)} disks given; the PIIX3 has 4 drive positions (0..3)")
+        raise ConfigError(f"{len(disks)} disks given; the PIIX3 has 4 drive positions (0..3)")
     return dict(enumerate(disks))
 
 
@@ -86,7 +87,12 @@ class Machine:
         io_error: str = "report",
     ) -> None:
         if data_path not in DATA_PATHS:
-            raise HarnessError(f"unknown data_path {data_path!r}; use one of {', '.join(DATA_PATHS)}")
+            raise ConfigError(f"unknown data_path {data_path!r}; use one of {', '.join(DATA_PATHS)}")
+        if memory_mib < MIN_MEMORY_MIB:
+            raise ConfigError(
+                f"memory_mib={memory_mib}: the guest's 32 MiB transfer buffer at 16 MiB needs at least "
+                f"{MIN_MEMORY_MIB} MiB"
+            )
         self.config = QemuConfig(
             kernel=find_kernel(kernel),
             disks=_disk_map(disks),
@@ -114,6 +120,8 @@ class Machine:
         self._seq = 0
         self._requests = 0
         self.parked = False  # at harness_ready with no posted request still to run
+        self._park_bp = "1"  # GDB's number for the park breakpoint
+        self._own_artifacts = False  # artifacts is a temp dir this machine made
         self._ports: PortsAgent | None = None  # port watching, loaded into GDB on first use
         self._device_traces = 0  # active device_trace() contexts
 
@@ -125,40 +133,40 @@ class Machine:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close(failed=exc is not None)
+        # Ctrl-C is the user's choice, not a failure worth keeping logs for
+        self.close(failed=exc is not None and not isinstance(exc, KeyboardInterrupt))
 
     def start(self) -> None:
         """Boot to the park point; on any failure everything started is torn down."""
         for disk in self.config.disks.values():
             disk.validate()  # before any process starts
         self.rundir = _private_dir()
-        self.artifacts = self._artifacts_arg or self.rundir / "artifacts"
+        if self._artifacts_arg is not None:
+            self.artifacts = self._artifacts_arg
+        else:  # on disk, not in /dev/shm: logs kept after a failure must not cost RAM
+            self.artifacts = Path(tempfile.mkdtemp(prefix="piix3-logs-"))
+            self._own_artifacts = True
         self.artifacts.mkdir(parents=True, exist_ok=True)
         try:
             self._boot()
-        except BaseException:
-            self.close(failed=True)
+        except BaseException as exc:
+            self.close(failed=not isinstance(exc, KeyboardInterrupt))
             raise
 
     def close(self, failed: bool = False) -> None:
-        """Stop GDB and QEMU (bounded), remove sockets and RAM; keep logs if asked or failed."""
+        """Stop GDB and QEMU (bounded) and remove the private directory (sockets, RAM); the logs
+        are kept when asked or when something failed, else removed if the machine made them."""
         self.failed = self.failed or failed
         self._halt(clean=True)
         if self.rundir is None:
             return
-        keep = self.keep_artifacts if self.keep_artifacts is not None else self.failed
-        inside = self.artifacts is not None and self.artifacts.is_relative_to(self.rundir)
-        if keep and inside:
-            for p in self.rundir.iterdir():
-                if p != self.artifacts:
-                    with contextlib.suppress(OSError):
-                        p.unlink()
-            log.warning("machine artifacts kept in %s", self.artifacts)
-        else:
-            shutil.rmtree(self.rundir, ignore_errors=True)
-            if not keep and self.artifacts is not None and not inside:
-                pass  # a caller-chosen directory is the caller's to clean
+        shutil.rmtree(self.rundir, ignore_errors=True)
         self.rundir = None
+        keep = self.keep_artifacts if self.keep_artifacts is not None else self.failed
+        if keep:
+            log.warning("machine artifacts kept in %s", self.artifacts)
+        elif self._own_artifacts and self.artifacts is not None:
+            shutil.rmtree(self.artifacts, ignore_errors=True)  # a caller-chosen directory is the caller's
 
     # --- artifacts -------------------------------------------------------------------
     def _path(self, name: str) -> Path:
@@ -216,7 +224,8 @@ class Machine:
         # The first stop after connecting is QEMU's reset vector: not ours to report.
         gdb.wait_async(is_stopped, self.boot_timeout, "stop after connecting", self.qemu.check_alive)
         if new_gdb:
-            gdb.command(f"-break-insert {PARK_SYMBOL}")
+            bp = gdb.command(f"-break-insert {PARK_SYMBOL}").payload.get("bkpt", {})
+            self._park_bp = str(bp.get("number", "1"))
         self._continue_to_park()
         if self.data_path == "shm":
             fd = os.open(paths.ram_file, os.O_RDWR)
@@ -224,18 +233,26 @@ class Machine:
                 self._ram = mmap.mmap(fd, self.config.memory_mib << 20, mmap.MAP_SHARED)
             finally:
                 os.close(fd)
+        # QEMU and our mapping hold the RAM file open: its name is not needed any more, and
+        # without one nothing is left in /dev/shm however this process ends.
+        with contextlib.suppress(FileNotFoundError):
+            paths.ram_file.unlink()
         self._resolve_symbols()
         self.boots += 1
         log.debug("booted to %s in %.1f ms", PARK_SYMBOL, (time.perf_counter() - t0) * 1e3)
 
     def _continue_to_park(self) -> None:
         assert self.gdb is not None and self.qemu is not None
+        self.parked = False
+        if self._ports is not None:
+            self._ports.arm_pending()  # a watch entered before a reset sees the boot's accesses
         self.gdb.discard_async()
         self.gdb.command("-exec-continue", alive=self.qemu.check_alive)
         rec = self.gdb.wait_async(
             is_stopped, self.boot_timeout, f"stop at {PARK_SYMBOL}", self.qemu.check_alive
         )
         self._check_parked(rec)
+        self.parked = True
 
     def _check_parked(self, rec: MiRecord) -> None:
         payload = rec.payload if isinstance(rec.payload, dict) else {}
@@ -284,6 +301,13 @@ class Machine:
     # --- the mailbox: post a request, continue, stop at harness_ready ---------------------
     def post(self, request: Request) -> None:
         """Fill the guest's request mailbox; the next cont() runs it."""
+        if not self.parked:
+            raise HarnessError(
+                f"cannot post {request.op.name}: the guest is not parked at {PARK_SYMBOL} (an earlier "
+                "call stopped at a breakpoint or was interrupted); finish it with m.cont() until a stop "
+                "is parked, or m.reset()",
+                artifacts=self.artifact_files(),
+            )
         self._seq = self._read_request()[8]
         self.write_memory(self.symbol("request"), request.pack(self._seq))
         self.parked = False  # until a cont() brings the guest back to harness_ready
@@ -440,13 +464,42 @@ class Machine:
     # --- VM snapshots (qcow2 disks only) -------------------------------------------------
     def save_snapshot(self, name: str = SNAPSHOT_NAME) -> None:
         """savevm at the park point: RAM, devices, CPU and every disk (qcow2 internal snapshot)."""
+        if not self.parked:
+            raise HarnessError(f"save_snapshot: the guest is not parked at {PARK_SYMBOL}")
         self._hmp_snapshot("savevm", name)
+
+    def clear_debug_state(self) -> None:
+        """Remove what a test may have left in GDB (port watches and breakpoints, any user
+        breakpoint): afterwards only the park breakpoint remains, or GdbError."""
+        gdb, _ = self._live()
+        if self._ports is not None:
+            self._ports.clear()
+        body = gdb.command("-break-list").payload.get("BreakpointTable", {}).get("body", [])
+        extra = [b.get("number") for b in body if b.get("number") != self._park_bp]
+        for number in extra:
+            gdb.command(f"-break-delete {number}")
 
     def restore_snapshot(self, name: str = SNAPSHOT_NAME) -> None:
         """loadvm: back to the saved state, disks included; GDB's register cache is refreshed."""
-        gdb, _ = self._live()
+        gdb, qemu = self._live()
+        was_parked = self.parked
         self._hmp_snapshot("loadvm", name)
         gdb.command("maint flush register-cache")
+        if not was_parked:
+            # GDB steps over a breakpoint only at the PC where it last saw the guest stop; back
+            # at harness_ready from elsewhere it would resume straight onto the park breakpoint
+            # and skip the next request. One stepi (harness_ready's `ret`, back into the park
+            # loop just before the dispatch) gives GDB a stop to go on from.
+            gdb.discard_async()
+            gdb.command("-exec-step-instruction", alive=qemu.check_alive)
+            rec = gdb.wait_async(is_stopped, self.boot_timeout, "stop after stepi", qemu.check_alive)
+            func = (rec.payload.get("frame") or {}).get("func") if isinstance(rec.payload, dict) else None
+            if func not in (PARK_SYMBOL, "kmain"):
+                raise GdbError(
+                    f"after loadvm and one step the guest is in {func}, not the park loop",
+                    artifacts=self.artifact_files(),
+                )
+        self.parked = True  # snapshots are taken parked, with no request pending
 
     def _hmp_snapshot(self, verb: str, name: str) -> None:
         _, qemu = self._live()

@@ -478,6 +478,13 @@ class PortsAgent:
             artifacts=self._m.artifact_files(),
         )
 
+    def clear(self) -> None:
+        """Forget every watch and port breakpoint, armed or not (a snapshot restore between tests)."""
+        self.pending.clear()
+        if self._gdb is not None and self._gdb is self._m.gdb:
+            self.call("clear", {})
+        self.watchers.clear()
+
     def arm_pending(self) -> None:
         """Arm the watches entered since the guest last ran (the Machine calls this before it
         lets the guest run): an idle watch costs nothing."""

@@ -69,9 +69,17 @@ def reap(proc: subprocess.Popen[bytes], timeout: float) -> int:
     return code
 
 
+def poll(proc: subprocess.Popen[bytes]) -> int | None:
+    """proc's exit status if it has exited (it is then reaped and forgotten), else None."""
+    code = proc.poll()
+    if code is not None:
+        LIVE_CHILDREN.pop(proc.pid, None)
+    return code
+
+
 def kill(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL proc (by pid, never by name); a process already gone is fine."""
-    if proc.poll() is None:
+    if poll(proc) is None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)
 

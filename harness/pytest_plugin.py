@@ -4,12 +4,14 @@ and a session-end check that every QEMU and GDB the harness started is gone."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shlex
 import shutil
 import signal
 import sys
+import threading
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,7 +63,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (a CI job cancelled, a `timeout` expiring) unwinds like Ctrl-C, so fixtures close
+    # their machines; only where nobody else has claimed the signal.
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _sigterm)
     config.addinivalue_line("markers", "qemu: starts real QEMU and GDB (integration test)")
     config.addinivalue_line(
         "markers",
@@ -108,7 +121,12 @@ def _piix3_no_leaked_processes(request: pytest.FixtureRequest) -> Iterator[None]
     yield
     pool = request.config.stash.get(_POOL, None)
     pooled = pool.pids() if pool is not None else set()
-    alive = [pid for pid in procs.STARTED_CHILDREN[first:] if procs.pid_alive(pid) and pid not in pooled]
+    # Only children not yet reaped: a reaped pid may already belong to a stranger.
+    alive = [
+        pid
+        for pid in procs.STARTED_CHILDREN[first:]
+        if pid in procs.LIVE_CHILDREN and procs.pid_alive(pid) and pid not in pooled
+    ]
     if alive:
         names = ", ".join(f"{procs.LIVE_CHILDREN.get(p, '?')} pid {p}" for p in alive)
         for pid in alive:
@@ -144,6 +162,16 @@ def _artifact_root(config: pytest.Config, factory: pytest.TempPathFactory) -> Pa
     return root / os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
+def _test_dir(request: pytest.FixtureRequest, factory: pytest.TempPathFactory) -> Path:
+    """This test's artifact directory: its name (readable) and a hash of its node id (unique)."""
+    nodeid = request.node.nodeid
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:80]
+    return (
+        _artifact_root(request.config, factory)
+        / f"{readable}-{hashlib.sha1(nodeid.encode()).hexdigest()[:8]}"
+    )
+
+
 @pytest.fixture
 def machine_factory(
     request: pytest.FixtureRequest, piix3_firmware: str, tmp_path_factory: pytest.TempPathFactory
@@ -154,8 +182,7 @@ def machine_factory(
     their logs kept if it failed (or with --piix3-keep-artifacts), and named in the report.
     """
     made: list[Machine] = []
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:80]
-    base = _artifact_root(request.config, tmp_path_factory) / safe
+    base = _test_dir(request, tmp_path_factory)
     dirs = request.node.stash.setdefault(_ARTIFACT_DIRS, [])
 
     def make(disks: Sequence[DiskImage] | Mapping[int, DiskImage] | None = None, **kwargs: Any) -> Machine:
@@ -198,6 +225,7 @@ class SnapshotPool:
         if m is not None:
             try:
                 m.restore_snapshot()
+                m.clear_debug_state()  # loadvm leaves GDB's breakpoints alone
                 m.call_timeout = CALL_TIMEOUT
                 m.failed = False
                 return m
@@ -239,13 +267,19 @@ def piix3_snapshot_pool(
 
 
 @pytest.fixture
-def machine(request: pytest.FixtureRequest, machine_factory: MachineFactory, piix3_firmware: str) -> Machine:
+def machine(
+    request: pytest.FixtureRequest,
+    machine_factory: MachineFactory,
+    piix3_firmware: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Machine]:
     """A machine with one 64 MiB disk on drive 0, stopped at harness_ready.
 
     The fast way where it is correct: restored from the worker's VM snapshot (qcow2 disk,
-    zeroed, ~20 ms). A real boot on the raw `disk` fixture's image when the test asks for
+    zeroed, ~10-20 ms). A real boot on the raw `disk` fixture's image when the test asks for
     `disk` too (it asserts on the host file), has a `piix3_faults` marker (faults are
-    configured at boot), or is marked `piix3_fresh`.
+    configured at boot), or is marked `piix3_fresh`. A failing test on the pooled machine
+    gets its own share of the machine's logs (what was written during the test).
     """
     marker = request.node.get_closest_marker("piix3_faults")
     faults = marker.args[0] if marker and marker.args else marker.kwargs.get("faults") if marker else None
@@ -254,18 +288,28 @@ def machine(request: pytest.FixtureRequest, machine_factory: MachineFactory, pii
     )
     if fresh:
         disk: DiskImage = request.getfixturevalue("disk")
-        return machine_factory(disks=[disk], faults=faults)
+        yield machine_factory(disks=[disk], faults=faults)
+        return
     pool: SnapshotPool = request.getfixturevalue("piix3_snapshot_pool")
     m = pool.get(piix3_firmware)
     request.node.stash.setdefault(_MACHINES, []).append(m)
-    if m.artifacts is not None:
-        request.node.stash.setdefault(_ARTIFACT_DIRS, []).append(m.artifacts)
-    return m
+    logs = m.artifacts
+    marks = {f: f.stat().st_size for f in logs.iterdir() if f.is_file()} if logs else {}
+    out = _test_dir(request, tmp_path_factory) / "pooled-machine"
+    request.node.stash.setdefault(_ARTIFACT_DIRS, []).append(out)
+    yield m
+    if logs is not None and _failed(request.node):
+        out.mkdir(parents=True, exist_ok=True)
+        for f in logs.iterdir():
+            if f.is_file():
+                with open(f, "rb") as src:
+                    src.seek(marks.get(f, 0))
+                    (out / f.name).write_bytes(src.read())
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the session if any QEMU or GDB this process started is still alive."""
-    alive = [pid for pid in procs.STARTED_CHILDREN if procs.pid_alive(pid)]
+    alive = [pid for pid in procs.STARTED_CHILDREN if pid in procs.LIVE_CHILDREN and procs.pid_alive(pid)]
     if not alive:
         return
     names = ", ".join(f"{procs.LIVE_CHILDREN.get(p, '?')} pid {p}" for p in alive)

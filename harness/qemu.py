@@ -9,6 +9,7 @@ import logging
 import select
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -167,6 +168,7 @@ class QemuProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.qmp: QEMUMonitorProtocol | None = None
         self.exit_code: int | None = None
+        self._stalled = False
         self._stderr: IO[bytes] | None = None
 
     def _error(self, message: str, **kw: Any) -> QemuError:
@@ -208,7 +210,16 @@ class QemuProcess:
         try:
             self._await(conn, "send the QMP greeting")
             self.qmp = QEMUMonitorProtocol(conn)
-            self.qmp.connect()
+            # qemu.qmp's connect() has no bound on the capabilities exchange: a QEMU that stalls
+            # there is killed by this watchdog, and its closed socket ends connect().
+            watchdog = threading.Timer(QMP_ACCEPT_TIMEOUT, self._kill_stalled)
+            watchdog.start()
+            try:
+                self.qmp.connect()
+            finally:
+                watchdog.cancel()
+            if self._stalled:
+                raise self._error(f"QEMU did not finish the QMP handshake within {QMP_ACCEPT_TIMEOUT:.0f} s")
         except QemuError:
             conn.close()
             self.close()
@@ -216,11 +227,18 @@ class QemuProcess:
         except Exception as exc:  # qemu.qmp raises several kinds; all mean "no QMP"
             conn.close()
             self.close(timeout=QEMU_EXIT_GRACE)
-            raise self._error(
-                f"QEMU hung up during the QMP handshake ({exc or type(exc).__name__})",
-                exit_code=self.exit_code,
-            ) from exc
+            what = (
+                f"QEMU did not finish the QMP handshake within {QMP_ACCEPT_TIMEOUT:.0f} s and was killed"
+                if self._stalled
+                else "QEMU hung up during the QMP handshake"
+            )
+            raise self._error(f"{what} ({exc or type(exc).__name__})", exit_code=self.exit_code) from exc
         self.qmp.settimeout(QMP_COMMAND_TIMEOUT)
+
+    def _kill_stalled(self) -> None:
+        self._stalled = True
+        if self.proc is not None:
+            procs.kill(self.proc)
 
     def _await(self, sock: socket.socket, what: str) -> socket.socket:
         """Wait until sock is readable (a listener: accept), failing fast if QEMU exits."""
@@ -254,7 +272,7 @@ class QemuProcess:
         """Exit status if QEMU has exited, else None."""
         if self.proc is None:
             return self.exit_code
-        code = self.proc.poll()
+        code = procs.poll(self.proc)
         if code is not None:
             self.exit_code = code
         return code
@@ -301,7 +319,7 @@ class QemuProcess:
 
     def quit(self) -> int:
         """Clean shutdown: QMP quit, bounded wait, then kill. Returns the exit status."""
-        if self.proc is not None and self.proc.poll() is None and self.qmp is not None:
+        if self.proc is not None and procs.poll(self.proc) is None and self.qmp is not None:
             with contextlib.suppress(Exception):  # QEMU may close the socket before answering
                 self.qmp.cmd_raw("quit")
         return self.close()

@@ -17,12 +17,19 @@ RUN_TIMEOUT = 120.0  # s, for the inner pytest run
 INNER = """
 from harness import Machine
 
-def test_passes(machine: Machine) -> None:
+def test_passes(machine: Machine, disk: object) -> None:
     assert machine.ata.identify(0).model == "QEMU HARDDISK"
 
 def test_fails(machine: Machine, disk: object) -> None:
     machine.ata.write(0, 1, b"x" * 512)
     assert machine.ata.read(0, 1, 1) == b"y" * 512
+
+def test_pooled_passes(machine: Machine) -> None:
+    machine.ata.flush(0)
+
+def test_pooled_fails(machine: Machine) -> None:
+    machine.evaluate_int("harness_inb(0x3f6)")
+    assert machine.ata.read(0, 2, 1) == b"z" * 512
 """
 
 
@@ -54,13 +61,20 @@ def test_failing_test_keeps_and_names_its_artifacts(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "1 failed, 1 passed" in done.stdout
-    kept = artifacts / "main" / "test_fails" / "machine0"
+    assert "2 failed, 2 passed" in done.stdout
+    root = artifacts / "main"
+    kept = next(root.glob("test_fails-*")) / "machine0"
     assert f"{kept}: serial.log qemu.log gdb-mi.log" in done.stdout  # named in the failure report
     assert "ready (init 0)" in (kept / "serial.log").read_text()
     assert "-exec-continue" in (kept / "gdb-mi.log").read_text()
     assert (kept / "qemu.cmdline").read_text().startswith("qemu-system-i386 ")
-    assert not (artifacts / "main" / "test_passes").exists(), "a passing test's artifacts are removed"
+    assert not list(root.glob("test_passes-*")), "a passing test's artifacts are removed"
+    assert not list(root.glob("test_pooled_passes-*"))
+    pooled = next(root.glob("test_pooled_fails-*")) / "pooled-machine"
+    assert str(pooled) in done.stdout
+    mi = (pooled / "gdb-mi.log").read_text()
+    assert "harness_inb(0x3f6)" in mi, "the pooled test's own MI lines are in its share"
+    assert "piix3-park" not in mi and "-break-insert harness_ready" not in mi, "not the pool's boot"
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
     props = {p.get("name"): p.get("value") for p in cases["test_fails"].iter("property")}
     assert props.get("piix3_artifacts") == str(kept)

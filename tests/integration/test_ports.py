@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from harness import AtaCode, AtaError, DiskImage, Machine
+from harness import AtaCode, AtaError, DiskImage, GdbError, HarnessError, Machine
 from harness.devtrace import DeviceAction
 from harness.ports import PortAccess, PortError, compare, normalize
 from harness.pytest_plugin import MachineFactory
@@ -416,3 +416,25 @@ def test_begin_write_steps_through_a_port_breakpoint(machine: Machine) -> None:
     with pytest.raises(AtaError) as e:
         bad.finish()
     assert e.value.code is AtaCode.RANGE
+
+
+def test_no_new_call_while_one_is_stopped_midway(machine: Machine) -> None:
+    """A call stopped at a breakpoint must be finished before another is posted: otherwise the
+    guest would finish the old one and the new one would read its stale result."""
+    m = machine
+    bp = m.break_on_port(0x1F7, direction="out", value=0xEA)  # FLUSH CACHE EXT
+    m.ata.write(0, 5, pattern(12, 1))
+    with pytest.raises(GdbError):
+        m.ata.flush(0)  # stops at the breakpoint, not at harness_ready
+    bp.delete()
+    with pytest.raises(HarnessError, match="not parked"):
+        m.ata.read(0, 5, 1)
+    assert m.cont().parked
+    assert m.ata.read(0, 5, 1) == pattern(12, 1)
+
+
+def test_a_watch_entered_before_a_reset_sees_the_boot(machine: Machine) -> None:
+    with machine.watch_ports("primary") as io:
+        machine.reset()
+    commands = [e.value for e in io.events if e.port == 0x1F7 and e.direction == "out"]
+    assert 0xEC in commands, "the driver's IDENTIFY at boot was recorded"

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from harness import AtaCode, AtaError, DiskImage, Machine, procs
+from harness import AtaCode, AtaError, ConfigError, DiskImage, Machine, procs
 from harness.procs import pid_alive
 from harness.pytest_plugin import MachineFactory
 
@@ -180,3 +182,29 @@ def _is_our_child(pid: int) -> bool:
         return False
     fields = stat.rsplit(")", 1)[1].split()
     return int(fields[1]) == os.getpid() and fields[0] not in ("Z", "X")
+
+
+def test_piix3_run_twice_keeps_the_message_and_the_users_files(tmp_path: Path) -> None:
+    """The main job end to end, as `make run` does it; --artifacts may be a user's directory."""
+    image, logs = tmp_path / "run.img", tmp_path / "mine"
+    logs.mkdir()
+    (logs / "notes.txt").write_text("keep me")
+    base = [sys.executable, "-m", "harness.cli", "run", "--image", str(image), "--artifacts", str(logs)]
+    first = subprocess.run([*base, "--message", "first run"], capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "result: PASS" in first.stdout and "nothing written here yet" in first.stdout
+    second = subprocess.run([*base, "--message", "second run"], capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "previous message: 'first run'" in second.stdout
+    assert (logs / "notes.txt").read_text() == "keep me"
+    assert "ready (init 0)" in (logs / "serial.log").read_text()
+    assert DiskImage(image).read_sectors(2048, 1)[16:26] == b"second run"
+
+
+def test_machine_options_are_checked(disk: DiskImage) -> None:
+    with pytest.raises(ConfigError, match="memory_mib"):
+        Machine(disks=[disk], memory_mib=32)
+    with pytest.raises(ConfigError, match="data_path"):
+        Machine(disks=[disk], data_path="carrier-pigeon")
+    with pytest.raises(ConfigError, match="4 drive positions"):
+        Machine(disks=[disk] * 5)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+import contextlib
 import os
 import re
 import subprocess
@@ -178,18 +178,45 @@ def test_whole_session_parses() -> None:
 NO_SUCH_PID = 1 << 30  # above Linux's PID_MAX_LIMIT: signalling it can reach no process
 
 
-class StdinPipe(io.BytesIO):
-    """GDB's stdin: keeps what was written, even after GdbMi closes it."""
+class StdinPipe:
+    """GDB's stdin: a real pipe (GdbMi writes to its fd); what was written stays readable after
+    GdbMi closes its end."""
 
-    written = b""
+    def __init__(self) -> None:
+        self._read_fd, write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        self._writer = os.fdopen(write_fd, "wb", buffering=0)
+        self._seen = b""
+
+    def fileno(self) -> int:
+        return self._writer.fileno()
+
+    def write(self, data: bytes) -> int:
+        return self._writer.write(data) or 0
+
+    def flush(self) -> None:
+        pass
 
     def close(self) -> None:
-        if not self.closed:
-            self.written = self.getvalue()
-        super().close()
+        self._collect()
+        self._writer.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._writer.closed
+
+    def _collect(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while chunk := os.read(self._read_fd, 1 << 16):
+                self._seen += chunk
 
     def lines(self) -> list[str]:
-        return (self.written if self.closed else self.getvalue()).decode().splitlines()
+        self._collect()
+        return self._seen.decode().splitlines()
+
+    def dispose(self) -> None:
+        self._writer.close()
+        os.close(self._read_fd)
 
 
 class FakeProc:
@@ -230,6 +257,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGdb]:
     os.set_blocking(read_fd, False)  # as GdbMi.spawn leaves GDB's stdout
     stdout = os.fdopen(read_fd, "rb", buffering=0)
     proc = FakeProc(stdout)
+    os.set_blocking(proc.stdin.fileno(), False)  # as GdbMi.spawn leaves GDB's stdin
     gdb = GdbMi("gdb", tmp_path / "kernel.elf", tmp_path / "gdb.log")
     gdb.proc = cast("subprocess.Popen[bytes]", proc)
     interrupts: list[float] = []
@@ -238,6 +266,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGdb]:
     yield FakeGdb(gdb, proc, write_fd, interrupts)
     stdout.close()
     os.close(write_fd)
+    proc.stdin.dispose()
 
 
 def test_reply_matched_by_token_behind_async_records(fake: FakeGdb) -> None:
@@ -413,3 +442,9 @@ def test_spurious_wakeup_is_not_eof(fake: FakeGdb, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(os, "read", read)
     fake.feed("1^done")
     assert fake.gdb.command("-gdb-version", timeout=1.0).message == "done"
+
+
+def test_a_gdb_that_stops_reading_cannot_hang_a_write(fake: FakeGdb) -> None:
+    """More than a pipe's worth of input to a GDB that reads nothing: a bounded HarnessTimeout."""
+    with pytest.raises(HarnessTimeout, match="took no input"):
+        fake.gdb.write_memory(0x1000, bytes(100_000), timeout=0.2)
