@@ -35,6 +35,8 @@ struct harness_request {
 	uint64_t lba;
 	uint32_t arg;
 	uint32_t seq;		/* incremented by every dispatch */
+	uint32_t linger;	/* set: after the call, wait (bounded) until the harness clears it */
+	uint32_t reserved;
 };
 
 extern struct harness_request harness_request;

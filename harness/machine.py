@@ -21,7 +21,7 @@ from harness.faults import Fault
 from harness.gdbmi import GdbMi, MiRecord, is_stopped
 from harness.paths import find_kernel
 from harness.qemu import TRACE_LOG_NAME, QemuConfig, QemuPaths, QemuProcess
-from harness.stops import REQUEST, Op, Request, Stop
+from harness.stops import LINGER_OFFSET, REQUEST, Op, Request, Stop
 
 if TYPE_CHECKING:
     from harness.devtrace import DeviceTrace
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 BOOT_TIMEOUT = 15.0  # s, from `continue` to the stop at harness_ready (firmware + driver init)
 CALL_TIMEOUT = 60.0  # s, for one driver call (a 32 MiB PIO transfer included)
+HOLD_EVENTS = {"read": "read_aio", "write": "write_aio", "flush": "flush_to_disk"}  # blkdebug events
+HOLD_POLL = 0.001  # s, between looks at the mailbox while a held call runs
 EVENT_DRAIN_EVERY = 128  # requests between reads of QMP events nobody waits for
 EVENT_DRAIN_WAIT = 0.001  # s
 EVENT_WAIT = 0.05  # s, to let QMP events already sent by QEMU be read
@@ -119,6 +121,7 @@ class Machine:
         self._symbols: dict[str, int] = {}
         self._seq = 0
         self._requests = 0
+        self._held: set[tuple[int, str]] = set()  # (drive, tag) under hold_io
         self.parked = False  # at harness_ready with no posted request still to run
         self._park_bp = "1"  # GDB's number for the park breakpoint
         self._own_artifacts = False  # artifacts is a temp dir this machine made
@@ -309,7 +312,7 @@ class Machine:
                 artifacts=self.artifact_files(),
             )
         self._seq = self._read_request()[8]
-        self.write_memory(self.symbol("request"), request.pack(self._seq))
+        self.write_memory(self.symbol("request"), request.pack(self._seq, linger=bool(self._held)))
         self.parked = False  # until a cont() brings the guest back to harness_ready
 
     def _read_request(self) -> tuple[int, ...]:
@@ -366,13 +369,72 @@ class Machine:
         if self._requests % EVENT_DRAIN_EVERY == 0 and self.qemu is not None:
             self.qemu.events(wait=EVENT_DRAIN_WAIT)  # each cont() makes QEMU send STOP and RESUME
         self.post(request)
-        stop = self.cont()
+        stop = self._cont_releasing_holds() if self._held else self.cont()
         if not stop.parked:
             raise GdbError(
                 f"guest stopped at {stop} during {request.op.name} instead of returning to {PARK_SYMBOL}",
                 artifacts=self.artifact_files(),
             )
         return self.result(request)
+
+    # --- holding the block layer (blkdebug break) ------------------------------------------
+    def hold_io(self, drive: int, op: str = "read", tag: str = "held") -> None:
+        """From now on, suspend the drive's `op` ("read" | "write" | "flush") requests inside
+        QEMU's block layer, so the drive stays BSY and the driver's bounded wait runs out.
+        Needs blkdebug in the drive's chain: `Machine(..., faults={drive: []})`. While a hold
+        is in place each driver call lingers in the guest after it returns until the harness
+        has let the held request go (QEMU waits for every request whenever the VM stops)."""
+        if op not in HOLD_EVENTS:
+            raise ConfigError(f"hold_io op {op!r} is not one of {', '.join(HOLD_EVENTS)}")
+        if drive not in self.config.faults:
+            raise ConfigError(
+                f"hold_io needs blkdebug on drive {drive}: Machine(..., faults={{{drive}: []}})"
+            )
+        if self._ram is None:
+            raise ConfigError("hold_io needs data_path='shm': the guest is watched while it runs")
+        self._qemu_io(drive, f"break {HOLD_EVENTS[op]} {tag}")
+        self._held.add((drive, tag))
+
+    def release_io(self, drive: int, tag: str = "held") -> None:
+        """End a hold: a suspended request goes on, later ones are not held."""
+        self._qemu_io(drive, f"remove_break {tag}")
+        self._held.discard((drive, tag))
+
+    def _qemu_io(self, drive: int, command: str) -> None:
+        _, qemu = self._live()
+        # -d: through the drive's own BlockBackend; naming the node would make HMP attach (and,
+        # on detaching, drain) a new one.
+        out = str(
+            qemu.command("human-monitor-command", **{"command-line": f'qemu-io -d drive{drive} "{command}"'})
+        )
+        if out.strip():  # qemu-io prints nothing on success
+            raise QemuError(
+                f"qemu-io {command!r} on drive {drive}: {out.strip()}", artifacts=self.artifact_files()
+            )
+
+    def _cont_releasing_holds(self) -> Stop:
+        """cont() for a call made under hold_io: watch the mailbox while the guest runs; once
+        the driver has returned, let the held requests go, then let the guest park."""
+        gdb, qemu = self._live()
+        assert self._ram is not None
+        gdb.discard_async()
+        gdb.command("-exec-continue", alive=qemu.check_alive)
+        deadline = time.monotonic() + self.call_timeout
+        while True:
+            op, seq = self._read_request()[0], self._read_request()[8]
+            if op == Op.NONE and seq == (self._seq + 1) & 0xFFFFFFFF:
+                break
+            if time.monotonic() > deadline:
+                raise self._hung(self.call_timeout)
+            qemu.check_alive()
+            time.sleep(HOLD_POLL)  # the guest runs; shared memory is the only thing to watch
+        for drive, tag in sorted(self._held):
+            self.release_io(drive, tag)
+        self.write_memory(self.symbol("request") + LINGER_OFFSET, bytes(4))
+        rec = gdb.wait_async(is_stopped, self.call_timeout, "stop", qemu.check_alive)
+        stop = Stop.from_mi(rec.payload if isinstance(rec.payload, dict) else {}, PARK_SYMBOL)
+        self.parked = stop.parked
+        return stop
 
     def result(self, request: Request) -> int:
         """The result of the request posted last, once cont() has parked: raises if the guest
@@ -516,6 +578,8 @@ class Machine:
     def reset(self) -> None:
         """Warm reset: QMP system_reset, then run to harness_ready again (same QEMU, same RAM file)."""
         gdb, qemu = self._live()
+        for drive, tag in sorted(self._held):  # the reset's own requests must not be held
+            self.release_io(drive, tag)
         qemu.command("system_reset")
         qemu.events()  # RESET, STOP, RESUME...: nobody asked; do not let them pile up
         gdb.command("maint flush register-cache")
@@ -535,6 +599,7 @@ class Machine:
 
     def _halt(self, clean: bool, keep_gdb: bool = False) -> None:
         """Stop QEMU (quit or SIGKILL); stop GDB too unless it is to attach to the next QEMU."""
+        self._held.clear()  # holds live in the QEMU that goes
         if self._ram is not None:
             self._ram.close()
             self._ram = None

@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from harness.ports import PortAccess
 
 # struct harness_request in guest/harness.h
-REQUEST = struct.Struct("<IiIIIIQII")
+REQUEST = struct.Struct("<IiIIIIQIIII")  # ..., arg, seq, linger, reserved
+LINGER_OFFSET = 40  # offset of `linger` in the mailbox
 
 
 class Op(IntEnum):
@@ -39,7 +40,7 @@ class Request:
     lba: int = 0
     arg: int = 0
 
-    def pack(self, seq: int) -> bytes:
+    def pack(self, seq: int, linger: bool = False) -> bytes:
         """The mailbox bytes; out-of-range numbers wrap as C would, for the driver to refuse."""
         u32 = 0xFFFFFFFF
         return REQUEST.pack(
@@ -52,6 +53,8 @@ class Request:
             self.lba & 0xFFFFFFFFFFFFFFFF,
             self.arg & u32,
             seq & u32,
+            int(linger),
+            0,
         )
 
 

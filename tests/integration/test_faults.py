@@ -16,6 +16,7 @@ import pytest
 from harness import (
     AtaCode,
     AtaError,
+    ConfigError,
     DiskImage,
     DiskImageError,
     Fault,
@@ -227,3 +228,41 @@ def test_bad_disk_paths_are_refused_before_anything_starts(tmp_path: Path, disk:
         Machine(disks=[disk]).start()
     assert "in use by another QEMU" in str(e.value)
     assert len(procs.STARTED_CHILDREN) - started == 2, "only the first machine's QEMU and GDB may start"
+
+
+@pytest.mark.parametrize("mode", ["pio", "dma"])
+@pytest.mark.parametrize("op", ["read", "write"])
+def test_a_request_that_never_completes_times_out_within_the_bound(
+    machine_factory: MachineFactory, disk: DiskImage, op: str, mode: str
+) -> None:
+    """blkdebug holds the request inside QEMU, so the drive stays busy: the driver's bounded
+    wait ends in ATA_ERR_TIMEOUT, and a soft reset (or reset()) brings the drive back."""
+    m = machine_factory(disks=[disk], faults={0: []})
+    m.ata.timeout_ms = 300
+    disk.write_sectors(5, pattern(1, 1))
+    m.hold_io(0, op)
+    with pytest.raises(AtaError) as e:
+        if op == "read":
+            m.ata.read(0, 5, 1, mode=mode)
+        else:
+            m.ata.write(0, 5, pattern(2, 1), mode=mode)
+    err = e.value
+    assert err.code is AtaCode.TIMEOUT
+    assert err.phase == {"pio": 2 if op == "read" else 3, "dma": 4}[mode]  # DRQ, COMPLETE, DMA
+    assert err.status & 0x88, "BSY or DRQ still set: the drive never finished"
+    assert "TIMEOUT" in str(err)
+    m.release_io(0)
+    m.ata.reset_channel(0)
+    expected = pattern(1, 1) if op == "read" else pattern(2, 1)  # a held write lands once let go
+    assert m.ata.read(0, 5, 1, mode=mode) == expected
+    m.hold_io(0, op)
+    with pytest.raises(AtaError):
+        m.ata.read(0, 5, 1, mode=mode) if op == "read" else m.ata.write(0, 5, pattern(3, 1), mode=mode)
+    m.reset()  # reset() lets holds go itself
+    assert m.ata.read(0, 6, 1) == bytes(SECTOR)
+
+
+def test_hold_io_needs_blkdebug(machine_factory: MachineFactory, disk: DiskImage) -> None:
+    m = machine_factory(disks=[disk])
+    with pytest.raises(ConfigError, match="faults="):
+        m.hold_io(0, "read")
