@@ -166,8 +166,12 @@ class Machine:
         shutil.rmtree(self.rundir, ignore_errors=True)
         self.rundir = None
         keep = self.keep_artifacts if self.keep_artifacts is not None else self.failed
-        if keep:
-            log.warning("machine artifacts kept in %s", self.artifacts)
+        if keep:  # a warning when kept because something failed; asked-for logs are no news
+            log.log(
+                logging.WARNING if self.failed else logging.INFO,
+                "machine artifacts kept in %s",
+                self.artifacts,
+            )
         elif self._own_artifacts and self.artifacts is not None:
             shutil.rmtree(self.artifacts, ignore_errors=True)  # a caller-chosen directory is the caller's
 
