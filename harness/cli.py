@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from harness import message
 from harness.disk import DiskImage
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError, HarnessError, Terminated
 from harness.machine import Machine
 from harness.paths import BUILD_DIR, GDBINIT, find_kernel
 from harness.qemu import FIRMWARE, QemuConfig, QemuPaths, QemuProcess
@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Terminated(f"signal {signum}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

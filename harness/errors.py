@@ -107,3 +107,8 @@ class AtaError(HarnessError):
             if self.code is AtaCode.DMA:
                 text += f" bm_status={self.bm_status:#04x}"
         return text
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised so that cleanup runs as for Ctrl-C; unlike Ctrl-C it counts as a
+    failure, so the logs that explain why the run was killed are kept."""

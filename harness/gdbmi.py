@@ -155,8 +155,11 @@ class GdbMi:
         while data:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                # half a command is in GDB's input now: nothing after it would be understood
+                self.kill()
                 raise HarnessTimeout(
-                    f"GDB took no input for {timeout:g} s ({line[:60]!r}...)", artifacts=self.artifacts
+                    f"GDB took no input for {timeout:g} s ({line[:60]!r}...); GDB was killed",
+                    artifacts=self.artifacts,
                 )
             readable, writable, _ = select.select([out_fd], [in_fd], [], remaining)
             if readable:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from harness.ata import Ata
 from harness.disk import DiskImage
-from harness.errors import ConfigError, GdbError, HarnessError, HarnessTimeout, QemuError
+from harness.errors import ConfigError, GdbError, HarnessError, HarnessTimeout, QemuError, Terminated
 from harness.faults import Fault
 from harness.gdbmi import GdbMi, MiRecord, is_stopped
 from harness.paths import find_kernel
@@ -137,7 +137,9 @@ class Machine:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         # Ctrl-C is the user's choice, not a failure worth keeping logs for
-        self.close(failed=exc is not None and not isinstance(exc, KeyboardInterrupt))
+        self.close(
+            failed=exc is not None and (not isinstance(exc, KeyboardInterrupt) or isinstance(exc, Terminated))
+        )
 
     def start(self) -> None:
         """Boot to the park point; on any failure everything started is torn down."""
@@ -153,7 +155,7 @@ class Machine:
         try:
             self._boot()
         except BaseException as exc:
-            self.close(failed=not isinstance(exc, KeyboardInterrupt))
+            self.close(failed=not isinstance(exc, KeyboardInterrupt) or isinstance(exc, Terminated))
             raise
 
     def close(self, failed: bool = False) -> None:
@@ -330,6 +332,8 @@ class Machine:
         HarnessTimeout is raised.
         """
         gdb, qemu = self._live()
+        if self._held:
+            return self._cont_releasing_holds()  # a posted call (begin_*) under hold_io
         limit = timeout or self.call_timeout
         if self._ports is not None:
             self._ports.arm_pending()
@@ -373,7 +377,7 @@ class Machine:
         if self._requests % EVENT_DRAIN_EVERY == 0 and self.qemu is not None:
             self.qemu.events(wait=EVENT_DRAIN_WAIT)  # each cont() makes QEMU send STOP and RESUME
         self.post(request)
-        stop = self._cont_releasing_holds() if self._held else self.cont()
+        stop = self.cont()
         if not stop.parked:
             raise GdbError(
                 f"guest stopped at {stop} during {request.op.name} instead of returning to {PARK_SYMBOL}",
@@ -396,8 +400,26 @@ class Machine:
             )
         if self._ram is None:
             raise ConfigError("hold_io needs data_path='shm': the guest is watched while it runs")
+        if self._ports is not None and (self._ports.active or self._ports.pending):
+            raise ConfigError(
+                "hold_io with port watches or port breakpoints active would stop the VM "
+                "with a request held, which QEMU never survives; end them first"
+            )
         self._qemu_io(drive, f"break {HOLD_EVENTS[op]} {tag}")
         self._held.add((drive, tag))
+
+    @property
+    def held(self) -> frozenset[tuple[int, str]]:
+        """The (drive, tag) holds in place: each catches the next matching request, and the
+        call that was caught lets it go when the driver has returned."""
+        return frozenset(self._held)
+
+    def _refuse_while_held(self, what: str) -> None:
+        if self._held:
+            raise ConfigError(
+                f"{what} while hold_io is in place would stop the VM with a request held, which QEMU "
+                "never survives; use m.ata calls, or release_io() first"
+            )
 
     def release_io(self, drive: int, tag: str = "held") -> None:
         """End a hold: a suspended request goes on, later ones are not held."""
@@ -406,14 +428,21 @@ class Machine:
 
     def _qemu_io(self, drive: int, command: str) -> None:
         _, qemu = self._live()
+        log_path = self._path("qemu.log")
+        before = log_path.stat().st_size if log_path.exists() else 0
         # -d: through the drive's own BlockBackend; naming the node would make HMP attach (and,
         # on detaching, drain) a new one.
-        out = str(
-            qemu.command("human-monitor-command", **{"command-line": f'qemu-io -d drive{drive} "{command}"'})
-        )
-        if out.strip():  # qemu-io prints nothing on success
+        line = f'qemu-io -d drive{drive} "{command}"'
+        out = str(qemu.command("human-monitor-command", **{"command-line": line})).strip()
+        # qemu-io reports its own failures on QEMU's stdout (qemu.log), not through the monitor
+        with open(log_path, "rb") as f:
+            f.seek(before)
+            said = f.read().decode(errors="replace").strip()
+        failed = [ln for ln in said.splitlines() if "failed" in ln or "Could not" in ln or "not found" in ln]
+        if out or failed:
             raise QemuError(
-                f"qemu-io {command!r} on drive {drive}: {out.strip()}", artifacts=self.artifact_files()
+                f"qemu-io {command!r} on drive {drive}: {out or '; '.join(failed)}",
+                artifacts=self.artifact_files(),
             )
 
     def _cont_releasing_holds(self) -> Stop:
@@ -429,16 +458,22 @@ class Machine:
             if op == Op.NONE and seq == (self._seq + 1) & 0xFFFFFFFF:
                 break
             if time.monotonic() > deadline:
+                self._let_holds_go()  # before any stop: QEMU would wait for the held request
                 raise self._hung(self.call_timeout)
             qemu.check_alive()
             time.sleep(HOLD_POLL)  # the guest runs; shared memory is the only thing to watch
-        for drive, tag in sorted(self._held):
-            self.release_io(drive, tag)
-        self.write_memory(self.symbol("request") + LINGER_OFFSET, bytes(4))
+        self._let_holds_go()
         rec = gdb.wait_async(is_stopped, self.call_timeout, "stop", qemu.check_alive)
         stop = Stop.from_mi(rec.payload if isinstance(rec.payload, dict) else {}, PARK_SYMBOL)
         self.parked = stop.parked
         return stop
+
+    def _let_holds_go(self) -> None:
+        for drive, tag in sorted(self._held):
+            with contextlib.suppress(HarnessError):  # already resumed: the hold had caught one
+                self.release_io(drive, tag)
+        self._held.clear()
+        self.write_memory(self.symbol("request") + LINGER_OFFSET, bytes(4))
 
     def result(self, request: Request) -> int:
         """The result of the request posted last, once cont() has parked: raises if the guest
@@ -509,6 +544,7 @@ class Machine:
 
     def call(self, function: str, *args: int, timeout: float | None = None) -> int:
         """Call a guest C function with integer arguments; returns its int result."""
+        self._refuse_while_held("a GDB inferior call")
         if self._ports is not None:
             self._ports.arm_pending()  # the guest runs during the call
         return self.evaluate_int(f"{function}({', '.join(str(a) for a in args)})", timeout)
@@ -544,6 +580,11 @@ class Machine:
         extra = [b.get("number") for b in body if b.get("number") != self._park_bp]
         for number in extra:
             gdb.command(f"-break-delete {number}")
+        park = [b for b in body if b.get("number") == self._park_bp]
+        if not park:
+            raise GdbError(f"the park breakpoint on {PARK_SYMBOL} is gone", artifacts=self.artifact_files())
+        if park[0].get("enabled") != "y":
+            gdb.command(f"-break-enable {self._park_bp}")
 
     def restore_snapshot(self, name: str = SNAPSHOT_NAME) -> None:
         """loadvm: back to the saved state, disks included; GDB's register cache is refreshed."""
@@ -565,6 +606,9 @@ class Machine:
                     f"after loadvm and one step the guest is in {func}, not the park loop",
                     artifacts=self.artifact_files(),
                 )
+            # and on round the (empty) park loop: GDB's last stop is harness_ready again, which
+            # is what `parked` promises to the next restore and the next call
+            self._continue_to_park()
         self.parked = True  # snapshots are taken parked, with no request pending
 
     def _hmp_snapshot(self, verb: str, name: str) -> None:
@@ -583,7 +627,9 @@ class Machine:
         """Warm reset: QMP system_reset, then run to harness_ready again (same QEMU, same RAM file)."""
         gdb, qemu = self._live()
         for drive, tag in sorted(self._held):  # the reset's own requests must not be held
-            self.release_io(drive, tag)
+            with contextlib.suppress(HarnessError):
+                self.release_io(drive, tag)
+        self._held.clear()
         qemu.command("system_reset")
         qemu.events()  # RESET, STOP, RESUME...: nobody asked; do not let them pile up
         gdb.command("maint flush register-cache")
@@ -604,6 +650,7 @@ class Machine:
     def _halt(self, clean: bool, keep_gdb: bool = False) -> None:
         """Stop QEMU (quit or SIGKILL); stop GDB too unless it is to attach to the next QEMU."""
         self._held.clear()  # holds live in the QEMU that goes
+        self.parked = False
         if self._ram is not None:
             self._ram.close()
             self._ram = None
@@ -653,6 +700,7 @@ class Machine:
         `capture` bytes in all (default 1 MiB; later ones get data=None)."""
         from harness.ports import DATA_CAPTURE_LIMIT, PortWatch
 
+        self._refuse_while_held("watching ports")
         agent = self.ports
         ranges = agent.port_map().ranges(ports)
         what = ", ".join(str(p) for p in ports) or "ide"
@@ -670,6 +718,7 @@ class Machine:
         it, with the value read. `bp.delete()` (or a `with` block) removes it."""
         from harness.ports import PortBreakpoint
 
+        self._refuse_while_held("a port breakpoint")
         agent = self.ports
         ranges = agent.port_map().ranges([port])
         return PortBreakpoint(

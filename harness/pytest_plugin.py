@@ -20,7 +20,7 @@ import pytest
 
 from harness import procs
 from harness.disk import DiskImage
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Terminated
 from harness.machine import CALL_TIMEOUT, SNAPSHOT_MEMORY_MIB, Machine
 from harness.paths import GDBINIT
 from harness.qemu import FIRMWARE
@@ -64,7 +64,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Terminated(f"signal {signum}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -301,10 +301,14 @@ def machine(
     if logs is not None and _failed(request.node):
         out.mkdir(parents=True, exist_ok=True)
         for f in logs.iterdir():
-            if f.is_file():
-                with open(f, "rb") as src:
-                    src.seek(marks.get(f, 0))
-                    (out / f.name).write_bytes(src.read())
+            if not f.is_file():
+                continue
+            start = marks.get(f, 0)
+            if f.suffix == ".cmdline" or f.stat().st_size < start:  # written once, or rewritten
+                start = 0
+            with open(f, "rb") as src:
+                src.seek(start)
+                (out / f.name).write_bytes(src.read())
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -218,6 +218,7 @@ class QemuProcess:
                 self.qmp.connect()
             finally:
                 watchdog.cancel()
+                watchdog.join()  # a watchdog already firing finishes before _stalled is read
             if self._stalled:
                 raise self._error(f"QEMU did not finish the QMP handshake within {QMP_ACCEPT_TIMEOUT:.0f} s")
         except QemuError:

@@ -74,7 +74,8 @@ def test_failing_test_keeps_and_names_its_artifacts(tmp_path: Path) -> None:
     assert str(pooled) in done.stdout
     mi = (pooled / "gdb-mi.log").read_text()
     assert "harness_inb(0x3f6)" in mi, "the pooled test's own MI lines are in its share"
-    assert "piix3-park" not in mi and "-break-insert harness_ready" not in mi, "not the pool's boot"
+    assert "-break-insert harness_ready" not in mi, "not the pool's boot"
+    assert (pooled / "qemu.cmdline").read_text().startswith("qemu-system-i386 "), "written once: copied whole"
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
     props = {p.get("name"): p.get("value") for p in cases["test_fails"].iter("property")}
     assert props.get("piix3_artifacts") == str(kept)

@@ -43,6 +43,8 @@ def test_gdb_sees_the_restored_registers(machine: Machine) -> None:
         assert frame["func"] in ("harness_ready", "kmain"), "GDB sees the park loop, not the cached stop"
         assert m.evaluate_int("(unsigned)$pc") != mid
     assert m.parked
+    m.restore_snapshot()  # again, from parked: the next call must still run, not be skipped
+    assert m.ata.read(0, 0, 1) == bytes(SECTOR)
     data = b"after restore".ljust(SECTOR, b".")
     m.ata.write(0, 3, data, mode="pio")
     assert m.ata.read(0, 3, 1, mode="dma") == data
