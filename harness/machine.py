@@ -387,11 +387,13 @@ class Machine:
 
     # --- holding the block layer (blkdebug break) ------------------------------------------
     def hold_io(self, drive: int, op: str = "read", tag: str = "held") -> None:
-        """From now on, suspend the drive's `op` ("read" | "write" | "flush") requests inside
-        QEMU's block layer, so the drive stays BSY and the driver's bounded wait runs out.
-        Needs blkdebug in the drive's chain: `Machine(..., faults={drive: []})`. While a hold
-        is in place each driver call lingers in the guest after it returns until the harness
-        has let the held request go (QEMU waits for every request whenever the VM stops)."""
+        """Suspend the drive's next `op` ("read" | "write" | "flush") request inside QEMU's
+        block layer, so the drive stays BSY and the driver's bounded wait runs out. Needs
+        blkdebug in the drive's chain: `Machine(..., faults={drive: []})`. The m.ata call made
+        under the hold lingers in the guest after the driver returns until the harness has let
+        the held request go (QEMU waits for every request whenever the VM stops); the hold ends
+        with that call, with release_io(), or with reset(). Port watches and GDB inferior calls
+        are refused while it is in place."""
         if op not in HOLD_EVENTS:
             raise ConfigError(f"hold_io op {op!r} is not one of {', '.join(HOLD_EVENTS)}")
         if drive not in self.config.faults:
