@@ -88,12 +88,8 @@ class Ata:
     def _check(self, operation: str, request: Request, rc: int) -> None:
         if rc != AtaCode.OK:
             if rc not in AtaCode._value2member_map_:
-                raise AtaError(
-                    AtaCode.INVAL,
-                    drive=request.drive,
-                    operation=operation,
-                    detail=f"the driver returned {rc}, not an ATA_ERR_* code",
-                    artifacts=self._m.artifact_files(),
+                raise self._invalid(
+                    request.drive, operation, f"the driver returned {rc}, not an ATA_ERR_* code"
                 )
             raise self._fail(rc, request.drive, operation)
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from harness import message
 from harness.disk import DiskImage
-from harness.errors import ConfigError, HarnessError, Terminated
+from harness.errors import ConfigError, HarnessError, raise_terminated
 from harness.machine import Machine
 from harness.paths import BUILD_DIR, GDBINIT, find_kernel
 from harness.qemu import FIRMWARE, QemuConfig, QemuPaths, QemuProcess
@@ -331,14 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM unwinds like Ctrl-C does, so every machine is closed and its files removed.
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, raise_terminated)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -112,3 +112,8 @@ class AtaError(HarnessError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised so that cleanup runs as for Ctrl-C; unlike Ctrl-C it counts as a
     failure, so the logs that explain why the run was killed are kept."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """A SIGTERM handler (`signal.signal(signal.SIGTERM, raise_terminated)`): unwind as for Ctrl-C."""
+    raise Terminated(f"signal {signum}")

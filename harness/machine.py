@@ -455,10 +455,7 @@ class Machine:
         gdb.discard_async()
         gdb.command("-exec-continue", alive=qemu.check_alive)
         deadline = time.monotonic() + self.call_timeout
-        while True:
-            op, seq = self._read_request()[0], self._read_request()[8]
-            if op == Op.NONE and seq == (self._seq + 1) & 0xFFFFFFFF:
-                break
+        while not self._done(self._read_request()):
             if time.monotonic() > deadline:
                 self._let_holds_go()  # before any stop: QEMU would wait for the held request
                 raise self._hung(self.call_timeout)
@@ -470,19 +467,27 @@ class Machine:
         self.parked = stop.parked
         return stop
 
-    def _let_holds_go(self) -> None:
+    def _release_holds(self) -> None:
         for drive, tag in sorted(self._held):
             with contextlib.suppress(HarnessError):  # already resumed: the hold had caught one
                 self.release_io(drive, tag)
         self._held.clear()
+
+    def _let_holds_go(self) -> None:
+        """Release every hold, then let the lingering guest park."""
+        self._release_holds()
         self.write_memory(self.symbol("request") + LINGER_OFFSET, bytes(4))
+
+    def _done(self, fields: tuple[int, ...]) -> bool:
+        """The mailbox says the posted request has run (op cleared, seq advanced by one)."""
+        return fields[0] == Op.NONE and fields[8] == (self._seq + 1) & 0xFFFFFFFF
 
     def result(self, request: Request) -> int:
         """The result of the request posted last, once cont() has parked: raises if the guest
         rebooted on the way (the mailbox was lost)."""
         fields = self._read_request()
         op, result, seq = fields[0], fields[1], fields[8]
-        if op != Op.NONE or seq != (self._seq + 1) & 0xFFFFFFFF:
+        if not self._done(fields):
             _, qemu = self._live()
             resets = [
                 e
@@ -628,10 +633,7 @@ class Machine:
     def reset(self) -> None:
         """Warm reset: QMP system_reset, then run to harness_ready again (same QEMU, same RAM file)."""
         gdb, qemu = self._live()
-        for drive, tag in sorted(self._held):  # the reset's own requests must not be held
-            with contextlib.suppress(HarnessError):
-                self.release_io(drive, tag)
-        self._held.clear()
+        self._release_holds()  # the reset's own requests must not be held
         qemu.command("system_reset")
         qemu.events()  # RESET, STOP, RESUME...: nobody asked; do not let them pile up
         gdb.command("maint flush register-cache")

@@ -20,7 +20,7 @@ import pytest
 
 from harness import procs
 from harness.disk import DiskImage
-from harness.errors import HarnessError, Terminated
+from harness.errors import HarnessError, raise_terminated
 from harness.machine import CALL_TIMEOUT, SNAPSHOT_MEMORY_MIB, Machine
 from harness.paths import GDBINIT
 from harness.qemu import FIRMWARE
@@ -63,10 +63,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _sigterm(signum: int, frame: object) -> None:
-    raise Terminated(f"signal {signum}")
-
-
 def pytest_configure(config: pytest.Config) -> None:
     # SIGTERM (a CI job cancelled, a `timeout` expiring) unwinds like Ctrl-C, so fixtures close
     # their machines; only where nobody else has claimed the signal.
@@ -74,7 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
         threading.current_thread() is threading.main_thread()
         and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     ):
-        signal.signal(signal.SIGTERM, _sigterm)
+        signal.signal(signal.SIGTERM, raise_terminated)
     config.addinivalue_line("markers", "qemu: starts real QEMU and GDB (integration test)")
     config.addinivalue_line(
         "markers",
