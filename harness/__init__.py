@@ -1,7 +1,15 @@
 """piix3-harness: verify a PIIX3 IDE driver running in QEMU, driven from Python through GDB/MI."""
 
 from harness.disk import DiskImage, DiskImageError
-from harness.errors import AtaError, ConfigError, GdbError, HarnessError, HarnessTimeout, QemuError
+from harness.errors import (
+    AtaError,
+    ConfigError,
+    GdbError,
+    HarnessError,
+    HarnessTimeout,
+    QemuError,
+    UsageError,
+)
 from harness.faults import Fault
 from harness.identify import DriveInfo
 from harness.machine import Machine
@@ -23,4 +31,5 @@ __all__ = [
     "PortAccess",
     "PortError",
     "QemuError",
+    "UsageError",
 ]

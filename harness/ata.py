@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import struct
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from harness import locking
+from harness.checks import int_problem, is_int
 from harness.errors import AtaError, GdbError
 from harness.identify import IDENTIFY_BYTES, DriveInfo, parse_identify
 from harness.regs import AtaCode, AtaMode
@@ -22,6 +25,24 @@ _BENCH_RESULT = struct.Struct("<iIQQQQQ")  # struct bench_result in guest/bench.
 BENCH_ARG_WRITE = 0x80000000  # guest/bench.h: harness_request.arg's direction bit
 BENCH_MAX_ITERATIONS = 0x7FFFFFFF
 BENCH_OPS = ("read", "write")
+MAX_DRIVE = 3
+MAX_CHANNEL = 1
+MAX_COUNT = 65536  # sectors: LBA48's count 0
+MAX_LBA = (1 << 48) - 1  # the last address LBA48 can name
+
+
+def as_bytes(data: object) -> memoryview | None:
+    """Any buffer-protocol object as a flat view of its bytes (its length counts bytes, not
+    items), or None if data is no buffer. str is text, not data: None."""
+    if isinstance(data, str):
+        return None
+    try:
+        view = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    if not view.c_contiguous:
+        view = memoryview(view.tobytes())
+    return view.cast("B")
 
 
 @dataclass(frozen=True)
@@ -62,6 +83,10 @@ class Ata:
         self._m = machine
         self._bench_result: int | None = None  # &bench_result, resolved on first use
 
+    def exclusive(self) -> AbstractContextManager[None]:
+        """The machine's: one thread's calls at a time."""
+        return self._m.exclusive()
+
     # --- helpers -----------------------------------------------------------------------
     def _fail(self, code: int, drive: int, operation: str, detail: str = "") -> AtaError:
         rec = _ERROR_RECORD.unpack(self._m.read_memory(self._m.symbol("last_error"), _ERROR_RECORD.size))
@@ -99,9 +124,38 @@ class Ata:
         )
 
     def _mode(self, mode: str, drive: int, operation: str) -> AtaMode:
-        if mode not in MODES:
-            raise self._invalid(drive, operation, f"mode {mode!r} is not one of {', '.join(MODES)}")
+        if not isinstance(mode, str) or mode not in MODES:
+            raise self._invalid(drive, operation, f"mode {mode!r:.40} is not one of {', '.join(MODES)}")
         return MODES[mode]
+
+    def _drive(self, drive: object, operation: str) -> int:
+        """drive, checked to be an int 0..3 before it is packed into the guest's 32 bits."""
+        problem = int_problem("drive", drive, 0, MAX_DRIVE)
+        if problem:
+            raise self._invalid(0, operation, problem)
+        assert isinstance(drive, int)
+        return drive
+
+    def _lba_count(self, drive: int, lba: object, count: object, operation: str) -> tuple[int, int]:
+        """lba and count, checked before packing: an LBA out of 0..2**48-1 is RANGE (no disk
+        reaches it), anything not an int or a count out of 1..65536 is INVAL."""
+        if not is_int(lba):
+            raise self._invalid(drive, operation, int_problem("lba", lba, 0, MAX_LBA) or "")
+        assert isinstance(lba, int)
+        if not 0 <= lba <= MAX_LBA:
+            raise AtaError(
+                AtaCode.RANGE,
+                drive=drive,
+                operation=operation,
+                lba=lba if 0 <= lba < 1 << 64 else 0,
+                detail=f"lba {lba} is out of range 0..{MAX_LBA} (the last LBA48 address)",
+                artifacts=self._m.artifact_files(),
+            )
+        problem = int_problem("count", count, 1, MAX_COUNT)
+        if problem:
+            raise self._invalid(drive, operation, problem)
+        assert isinstance(count, int)
+        return lba, count
 
     def _buffer(self, nbytes: int, drive: int, operation: str) -> int:
         size = self._m.symbol("xfer_size")
@@ -114,65 +168,91 @@ class Ata:
         return self._m.symbol("xfer_buf")
 
     # --- the driver's calls --------------------------------------------------------------
+    @locking.exclusive
     def identify(self, drive: int) -> DriveInfo:
         """IDENTIFY DEVICE, freshly issued to the drive, parsed."""
+        drive = self._drive(drive, "identify")
         buf = self._buffer(IDENTIFY_BYTES, drive, "identify")
         self._run("identify", Request(Op.IDENTIFY, drive=drive, buf=buf))
         return parse_identify(drive, self._m.read_memory(buf, IDENTIFY_BYTES))
 
     def _read_request(self, drive: int, lba: int, count: int, mode: str) -> tuple[str, Request]:
-        op = f"read {count} sector(s) at LBA {lba} ({mode})"
+        op = f"read {count!r:.24} sector(s) at LBA {lba!r:.24} ({mode!r:.12})"
+        drive = self._drive(drive, op)
+        lba, count = self._lba_count(drive, lba, count, op)
         m = self._mode(mode, drive, op)
-        buf = self._buffer(max(count, 0) * SECTOR, drive, op)
-        return op, Request(Op.READ, drive=drive, lba=lba, count=count & 0xFFFFFFFF, buf=buf, mode=m)
+        buf = self._buffer(count * SECTOR, drive, op)
+        return op, Request(Op.READ, drive=drive, lba=lba, count=count, buf=buf, mode=m)
 
-    def _write_request(self, drive: int, lba: int, data: bytes, mode: str) -> tuple[str, Request]:
-        count = len(data) // SECTOR
-        op = f"write {count} sector(s) at LBA {lba} ({mode})"
-        if not data or len(data) % SECTOR:
-            raise self._invalid(drive, op, f"data is {len(data)} bytes, not a positive multiple of {SECTOR}")
+    def _write_request(self, drive: int, lba: int, data: Any, mode: str) -> tuple[str, Request, memoryview]:
+        """The checked request and the bytes to place in the transfer buffer; nothing is
+        written to the guest until the machine has accepted the request."""
+        view = as_bytes(data)
+        nbytes = view.nbytes if view is not None else 0
+        count = nbytes // SECTOR
+        op = f"write {count} sector(s) at LBA {lba!r:.24} ({mode!r:.12})"
+        drive = self._drive(drive, op)
+        if view is None:
+            raise self._invalid(drive, op, f"data must be a bytes-like object, not {type(data).__name__}")
+        if not nbytes or nbytes % SECTOR:
+            raise self._invalid(drive, op, f"data is {nbytes} bytes, not a positive multiple of {SECTOR}")
+        lba, count = self._lba_count(drive, lba, count, op)
         m = self._mode(mode, drive, op)
-        buf = self._buffer(len(data), drive, op)
-        self._m.write_memory(buf, bytes(data))
-        return op, Request(Op.WRITE, drive=drive, lba=lba, count=count, buf=buf, mode=m)
+        buf = self._buffer(nbytes, drive, op)
+        return op, Request(Op.WRITE, drive=drive, lba=lba, count=count, buf=buf, mode=m), view
 
+    @locking.exclusive
     def read(self, drive: int, lba: int, count: int, mode: str = DEFAULT_MODE) -> bytes:
-        """Read count sectors from lba; the driver refuses bad arguments before any port I/O."""
+        """Read count sectors from lba; bad arguments are refused before anything is sent."""
         op, req = self._read_request(drive, lba, count, mode)
         self._run(op, req)
-        return self._m.read_memory(req.buf, count * SECTOR)
+        return self._m.read_memory(req.buf, req.count * SECTOR)
 
-    def write(self, drive: int, lba: int, data: bytes, mode: str = DEFAULT_MODE) -> None:
-        """Write data (a non-empty multiple of 512 bytes) at lba."""
-        self._run(*self._write_request(drive, lba, data, mode))
+    @locking.exclusive
+    def write(self, drive: int, lba: int, data: Any, mode: str = DEFAULT_MODE) -> None:
+        """Write data (any bytes-like object: a non-empty multiple of 512 bytes) at lba."""
+        op, req, view = self._write_request(drive, lba, data, mode)
+        self._check(op, req, self._m.request(req, payload=view))
 
+    @locking.exclusive
     def begin_read(self, drive: int, lba: int, count: int, mode: str = DEFAULT_MODE) -> Pending:
         """Post a read without running it: `m.cont()` stops at port breakpoints inside it,
         `.finish()` runs it to harness_ready and returns the data."""
         op, req = self._read_request(drive, lba, count, mode)
         self._m.post(req)
-        return Pending(self, op, req, count * SECTOR)
+        return Pending(self, op, req, req.count * SECTOR)
 
-    def begin_write(self, drive: int, lba: int, data: bytes, mode: str = DEFAULT_MODE) -> Pending:
+    @locking.exclusive
+    def begin_write(self, drive: int, lba: int, data: Any, mode: str = DEFAULT_MODE) -> Pending:
         """Post a write without running it (see begin_read); `.finish()` returns None."""
-        op, req = self._write_request(drive, lba, data, mode)
-        self._m.post(req)
+        op, req, view = self._write_request(drive, lba, data, mode)
+        self._m.post(req, payload=view)
         return Pending(self, op, req, 0)
 
+    @locking.exclusive
     def flush(self, drive: int) -> None:
         """FLUSH CACHE (EXT where the drive supports it)."""
-        self._run("flush", Request(Op.FLUSH, drive=drive))
+        self._run("flush", Request(Op.FLUSH, drive=self._drive(drive, "flush")))
 
+    @locking.exclusive
     def set_write_cache(self, drive: int, enabled: bool) -> None:
         """SET FEATURES 0x02 (enable) / 0x82 (disable) the drive's volatile write cache."""
-        self._run("set write cache", Request(Op.SET_WCACHE, drive=drive, arg=int(bool(enabled))))
+        drive = self._drive(drive, "set write cache")
+        if not isinstance(enabled, bool):
+            problem = f"enabled must be True or False, not {enabled!r:.40}"
+            raise self._invalid(drive, "set write cache", problem)
+        self._run("set write cache", Request(Op.SET_WCACHE, drive=drive, arg=int(enabled)))
 
+    @locking.exclusive
     def reset_channel(self, channel: int) -> None:
         """Soft reset (SRST) of channel 0 or 1, then drive detection again."""
-        self._run(
-            f"reset channel {channel}", Request(Op.RESET_CHANNEL, drive=channel * 2, arg=channel & 0xFFFFFFFF)
-        )
+        op = f"reset channel {channel!r:.24}"
+        problem = int_problem("channel", channel, 0, MAX_CHANNEL)
+        if problem:
+            raise self._invalid(0, op, problem)
+        self._run(op, Request(Op.RESET_CHANNEL, drive=channel * 2, arg=channel))
 
+    @locking.exclusive
     def bench(
         self,
         drive: int,
@@ -185,15 +265,20 @@ class Ata:
         """Time `iterations` transfers of `count` sectors inside the guest (TSC around each
         driver call), at sequential LBAs from `lba`, wrapping to 0 at the end of the disk.
         A write benchmark writes whatever the transfer buffer holds over those sectors."""
-        name = f"bench {op} {iterations} x {count} sector(s) at LBA {lba} ({mode})"
-        if op not in BENCH_OPS:
-            raise self._invalid(drive, name, f"op {op!r} is not one of {', '.join(BENCH_OPS)}")
-        if not 1 <= iterations <= BENCH_MAX_ITERATIONS:
-            raise self._invalid(drive, name, f"iterations {iterations} is not in 1..{BENCH_MAX_ITERATIONS}")
+        name = (
+            f"bench {op!r:.12} {iterations!r:.12} x {count!r:.12} sector(s) at LBA {lba!r:.24} ({mode!r:.12})"
+        )
+        drive = self._drive(drive, name)
+        if not isinstance(op, str) or op not in BENCH_OPS:
+            raise self._invalid(drive, name, f"op {op!r:.40} is not one of {', '.join(BENCH_OPS)}")
+        problem = int_problem("iterations", iterations, 1, BENCH_MAX_ITERATIONS)
+        if problem:
+            raise self._invalid(drive, name, problem)
+        lba, count = self._lba_count(drive, lba, count, name)
         m = self._mode(mode, drive, name)
-        buf = self._buffer(max(count, 0) * SECTOR, drive, name)
+        buf = self._buffer(count * SECTOR, drive, name)
         arg = iterations | (BENCH_ARG_WRITE if op == "write" else 0)
-        request = Request(Op.BENCH, drive=drive, lba=lba, count=count & 0xFFFFFFFF, buf=buf, mode=m, arg=arg)
+        request = Request(Op.BENCH, drive=drive, lba=lba, count=count, buf=buf, mode=m, arg=arg)
         self._run(name, request)
         raw = _BENCH_RESULT.unpack(self._m.read_memory(self._bench_addr(), _BENCH_RESULT.size))
         _result, done, cycles, nbytes, tsc_per_ms, min_cycles, max_cycles = raw
@@ -218,18 +303,21 @@ class Ata:
 
     @timeout_ms.setter
     def timeout_ms(self, value: int) -> None:
-        if not 1 <= value <= 600_000:
-            raise AtaError(
-                AtaCode.INVAL, drive=0, operation="set timeout_ms", detail=f"{value} is not 1..600000 ms"
-            )
-        self._m.evaluate_int(f"ata_timeout_ms = {int(value)}")
+        problem = int_problem("timeout_ms", value, 1, 600_000)
+        if problem:
+            raise self._invalid(0, "set timeout_ms", problem)
+        self._m.evaluate_int(f"ata_timeout_ms = {value}")
 
     def present(self, drive: int) -> bool:
-        return 0 <= drive < 4 and self._m.evaluate_int(f"ata_drives[{drive}].present") != 0
+        """The driver found an ATA disk at drive (0..3) at its last detection."""
+        drive = self._drive(drive, "present")
+        return self._m.evaluate_int(f"ata_drives[{drive}].present") != 0
 
     def sectors(self, drive: int) -> int:
+        drive = self._drive(drive, "sectors")
         return self._m.evaluate_int(f"ata_drives[{drive}].sectors")
 
+    @locking.exclusive
     def drives(self) -> dict[int, DriveInfo]:
         """Every drive the driver found, by drive number, with fresh IDENTIFY data."""
         return {d: self.identify(d) for d in range(4) if self.present(d)}
@@ -247,6 +335,11 @@ class Pending:
     def finish(self) -> bytes | None:
         """Run on to harness_ready (unless m.cont() got there already); the read's data, or
         None for a write; AtaError if the driver failed."""
+        m = self._ata._m
+        with m.exclusive():
+            return self._finish()
+
+    def _finish(self) -> bytes | None:
         m = self._ata._m
         if not m.parked:
             stop = m.cont()

@@ -26,6 +26,10 @@ class ConfigError(HarnessError, ValueError):
     """A Machine, disk or fault was configured in a way that cannot work; nothing was started."""
 
 
+class UsageError(HarnessError, ValueError):
+    """A call was given an argument it cannot take (wrong type, out of range); nothing was done."""
+
+
 class HarnessTimeout(HarnessError):
     """A bounded wait ran out: booting, a GDB reply, a driver call, QEMU quitting."""
 

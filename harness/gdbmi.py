@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from pygdbmi import gdbmiparser
 
-from harness import procs
+from harness import artifacts, procs
 from harness.errors import GdbError, HarnessError, HarnessTimeout
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,15 @@ GDB_START_TIMEOUT = 10.0  # s, for GDB to load the kernel's symbols and answer
 MI_TIMEOUT = 5.0  # s, for a plain MI command
 GDB_EXIT_TIMEOUT = 3.0  # s, for GDB to exit after -gdb-exit
 POLL_SLICE = 0.05  # s, how often a long wait also checks the `alive` callback
+MEMORY_CHUNK = 64 * 1024  # bytes per -data-read/write-memory-bytes: ~20 ms each at GDB's ~4 MB/s
+SHOWN_COMMAND = 120  # characters of a command quoted in an error message
+
+
+def shown(cmd: str) -> str:
+    """A command as quoted in messages: bounded (a memory write carries its data as hex)."""
+    if len(cmd) <= SHOWN_COMMAND:
+        return repr(cmd)
+    return f"{cmd[:SHOWN_COMMAND]!r}... ({len(cmd)} characters)"
 
 
 @dataclass(frozen=True)
@@ -78,24 +87,23 @@ class GdbMi:
         self._async: collections.deque[MiRecord] = collections.deque()
         self._lines: collections.deque[str] = collections.deque()  # read, not yet parsed
         self._t0 = time.monotonic()
+        self._killed = ""  # why the harness killed GDB, once it has
 
     # --- lifecycle -------------------------------------------------------------------
-    def start(self) -> None:
-        """Spawn GDB and wait until it answers."""
-        self.spawn()
-        self.wait_ready()
-
     def spawn(self) -> None:
         """Spawn GDB without waiting: it loads symbols while QEMU starts."""
-        self._log = open(self.log_path, "a", buffering=1)  # noqa: SIM115 - lives as long as GDB
+        self._log = artifacts.open_text_log(self.log_path)  # lives as long as GDB
         if self.cmdline_path is not None:
-            self.cmdline_path.write_text(" ".join(self.argv) + "\n")
+            artifacts.write_text(self.cmdline_path, " ".join(self.argv) + "\n")
         try:
             self.proc = procs.spawn(
                 self.argv, name="gdb", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
             )
         except FileNotFoundError:
             raise GdbError(f"{self.argv[0]} not found; run `make deps` (package gdb)") from None
+        except (OSError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise GdbError(f"cannot run GDB {self.argv[0]!r}: {why}; pass gdb= a GDB binary") from None
         assert self.proc.stdout is not None
         os.set_blocking(self.proc.stdout.fileno(), False)
         assert self.proc.stdin is not None
@@ -148,6 +156,11 @@ class GdbMi:
         prints meanwhile is buffered, so neither side can block on a full pipe."""
         if self.proc is None or self.proc.stdin is None or self.proc.stdout is None:
             raise GdbError("GDB is not running", artifacts=self.artifacts)
+        if self._killed:
+            raise GdbError(
+                f"GDB was killed ({self._killed}); power_cycle() or close the machine",
+                artifacts=self.artifacts,
+            )
         self._note(">>", line)
         data = memoryview(line.encode() + b"\n")
         out_fd, in_fd = self.proc.stdout.fileno(), self.proc.stdin.fileno()
@@ -157,8 +170,9 @@ class GdbMi:
             if remaining <= 0:
                 # half a command is in GDB's input now: nothing after it would be understood
                 self.kill()
+                self._killed = f"it took no input for {timeout:g} s"
                 raise HarnessTimeout(
-                    f"GDB took no input for {timeout:g} s ({line[:60]!r}...); GDB was killed",
+                    f"GDB took no input for {timeout:g} s ({shown(line)}); GDB was killed",
                     artifacts=self.artifacts,
                 )
             readable, writable, _ = select.select([out_fd], [in_fd], [], remaining)
@@ -172,7 +186,7 @@ class GdbMi:
                     continue
                 except OSError:  # EPIPE: GDB is gone
                     raise GdbError(
-                        f"GDB died (exit status {procs.poll(self.proc)}) before taking {line[:60]!r}",
+                        f"GDB died (exit status {procs.poll(self.proc)}) before taking {shown(line)}",
                         artifacts=self.artifacts,
                     ) from None
 
@@ -254,24 +268,30 @@ class GdbMi:
             return r.kind == "result" and r.token == token
 
         try:
-            rec, console = self._pump(mine, timeout, f"answer to {cmd!r}", alive)
+            rec, console = self._pump(mine, timeout, f"answer to {shown(cmd)}", alive)
+        except KeyboardInterrupt:
+            if interrupt_on_timeout:  # a guest call in flight: unwind it before passing Ctrl-C on
+                with procs.signals_deferred(), contextlib.suppress(HarnessError):
+                    self.interrupt()
+                    self._pump(mine, MI_TIMEOUT, f"answer to {shown(cmd)} after SIGINT", alive)
+            raise
         except HarnessTimeout:
             if not interrupt_on_timeout:
                 raise
             self.interrupt()
             try:
-                rec, _ = self._pump(mine, MI_TIMEOUT, f"answer to {cmd!r} after SIGINT", alive)
+                rec, _ = self._pump(mine, MI_TIMEOUT, f"answer to {shown(cmd)} after SIGINT", alive)
                 said = rec.payload.get("msg", rec.message) if isinstance(rec.payload, dict) else rec.message
             except HarnessTimeout:
                 said = "no answer: GDB did not recover"
             raise HarnessTimeout(
-                f"{cmd!r} did not finish within {timeout:g} s; interrupted ({said})",
+                f"{shown(cmd)} did not finish within {timeout:g} s; interrupted ({said})",
                 artifacts=self.artifacts,
             ) from None
         payload = rec.payload if isinstance(rec.payload, dict) else {}
         if rec.message == "error":
             msg = payload.get("msg", "unknown error")
-            raise GdbError(f"GDB refused {cmd!r}: {msg}", artifacts=self.artifacts)
+            raise GdbError(f"GDB refused {shown(cmd)}: {msg}", artifacts=self.artifacts)
         return MiResult(message=rec.message or "", payload=payload, console=console)
 
     def wait_async(
@@ -305,17 +325,26 @@ class GdbMi:
         return str(res.payload.get("value", ""))
 
     def read_memory(self, addr: int, length: int, timeout: float = MI_TIMEOUT) -> bytes:
-        res = self.command(f"-data-read-memory-bytes {addr:#x} {length}", timeout)
-        blocks = res.payload.get("memory") or []
-        data = b"".join(bytes.fromhex(b["contents"]) for b in blocks)
-        if len(data) != length:
-            raise GdbError(
-                f"GDB returned {len(data)} of {length} bytes at {addr:#x}", artifacts=self.artifacts
-            )
-        return data
+        """Guest memory, in chunks (each bounded by timeout)."""
+        out = bytearray()
+        for off in range(0, length, MEMORY_CHUNK):
+            n = min(MEMORY_CHUNK, length - off)
+            res = self.command(f"-data-read-memory-bytes {addr + off:#x} {n}", timeout)
+            blocks = res.payload.get("memory") or []
+            data = b"".join(bytes.fromhex(b["contents"]) for b in blocks)
+            if len(data) != n:
+                raise GdbError(
+                    f"GDB returned {len(data)} of {n} bytes at {addr + off:#x}", artifacts=self.artifacts
+                )
+            out += data
+        return bytes(out)
 
-    def write_memory(self, addr: int, data: bytes, timeout: float = MI_TIMEOUT) -> None:
-        self.command(f"-data-write-memory-bytes {addr:#x} {data.hex()}", timeout)
+    def write_memory(self, addr: int, data: bytes | memoryview, timeout: float = MI_TIMEOUT) -> None:
+        """Write guest memory, in chunks (each bounded by timeout)."""
+        view = memoryview(data).cast("B")
+        for off in range(0, len(view), MEMORY_CHUNK):
+            chunk = view[off : off + MEMORY_CHUNK]
+            self.command(f"-data-write-memory-bytes {addr + off:#x} {chunk.hex()}", timeout)
 
 
 def is_stopped(rec: MiRecord) -> bool:

@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import mmap
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from harness import artifacts, locking, procs, rundir
 from harness.ata import Ata
+from harness.checks import is_int, seconds, text
 from harness.disk import DiskImage
-from harness.errors import ConfigError, GdbError, HarnessError, HarnessTimeout, QemuError, Terminated
+from harness.errors import (
+    ConfigError,
+    GdbError,
+    HarnessError,
+    HarnessTimeout,
+    QemuError,
+    Terminated,
+    UsageError,
+)
 from harness.faults import Fault
 from harness.gdbmi import GdbMi, MiRecord, is_stopped
 from harness.paths import find_kernel
@@ -40,28 +52,51 @@ HANG_INTERRUPT_TIMEOUT = 5.0  # s, for a hung guest to stop after -exec-interrup
 PARK_SYMBOL = "harness_ready"
 SNAPSHOT_NAME = "piix3-park"
 MIN_MEMORY_MIB = 64  # the transfer buffer ends at 48 MiB; the rest is firmware and margin
+MAX_MEMORY_MIB = 3072  # below the PCI hole of a 32-bit pc machine
 SNAPSHOT_MEMORY_MIB = 64  # loadvm time grows with guest RAM; 64 MiB holds the 32 MiB transfer buffer
 ERROR_RECORD_SIZE = 40  # sizeof(struct ata_error_record), checked against the kernel at boot
-SHM_ROOT = Path("/dev/shm")
 DATA_PATHS = ("shm", "gdb")
 
 
-def _private_dir() -> Path:
-    """A fresh 0700 directory for sockets and guest RAM; on tmpfs where there is one."""
-    root = SHM_ROOT if SHM_ROOT.is_dir() and os.access(SHM_ROOT, os.W_OK) else None
-    path = Path(tempfile.mkdtemp(prefix="piix3-", dir=root))
-    path.chmod(0o700)
-    return path
-
-
-def _disk_map(disks: Sequence[DiskImage] | Mapping[int, DiskImage] | None) -> dict[int, DiskImage]:
+def _disk_map(disks: object) -> dict[int, DiskImage]:
     if disks is None:
         return {}
     if isinstance(disks, Mapping):
-        return dict(disks)
-    if len(disks) > 4:
-        raise ConfigError(f"{len(disks)} disks given; the PIIX3 has 4 drive positions (0..3)")
-    return dict(enumerate(disks))
+        found = dict(disks)
+    elif isinstance(disks, Sequence) and not isinstance(disks, str | bytes):
+        if len(disks) > 4:
+            raise ConfigError(f"disks: {len(disks)} given; the PIIX3 has 4 drive positions (0..3)")
+        found = dict(enumerate(disks))
+    else:
+        raise ConfigError(
+            f"disks must be a list of DiskImage or a {{drive: DiskImage}} dict, not {disks!r:.60}"
+        )
+    for drive, disk in found.items():
+        if not is_int(drive):
+            raise ConfigError(f"disks: drive {drive!r:.20} must be an int 0..3")
+        if not isinstance(disk, DiskImage):
+            raise ConfigError(
+                f"disks: drive {drive} is {disk!r:.60}, not a DiskImage (wrap paths in DiskImage())"
+            )
+    return found
+
+
+def _fault_map(faults: object) -> dict[int, tuple[Fault, ...]]:
+    if faults is None:
+        return {}
+    if not isinstance(faults, Mapping):
+        raise ConfigError(f"faults must be a {{drive: [Fault, ...]}} dict, not {faults!r:.60}")
+    out = {}
+    for drive, rules in faults.items():
+        if not is_int(drive):
+            raise ConfigError(f"faults: drive {drive!r:.20} must be an int 0..3")
+        if isinstance(rules, str | bytes) or not isinstance(rules, Sequence):
+            raise ConfigError(f"faults: drive {drive} needs a list of Fault, not {rules!r:.60}")
+        bad = [r for r in rules if not isinstance(r, Fault)]
+        if bad:
+            raise ConfigError(f"faults: drive {drive}: {bad[0]!r:.60} is not a Fault")
+        out[drive] = tuple(rules)
+    return out
 
 
 class Machine:
@@ -88,28 +123,40 @@ class Machine:
         faults: Mapping[int, Sequence[Fault]] | None = None,
         io_error: str = "report",
     ) -> None:
-        if data_path not in DATA_PATHS:
-            raise ConfigError(f"unknown data_path {data_path!r}; use one of {', '.join(DATA_PATHS)}")
-        if memory_mib < MIN_MEMORY_MIB:
+        if not isinstance(data_path, str) or data_path not in DATA_PATHS:
+            raise ConfigError(f"unknown data_path {data_path!r:.40}; use one of {', '.join(DATA_PATHS)}")
+        if not is_int(memory_mib) or not MIN_MEMORY_MIB <= memory_mib <= MAX_MEMORY_MIB:
             raise ConfigError(
-                f"memory_mib={memory_mib}: the guest's 32 MiB transfer buffer at 16 MiB needs at least "
-                f"{MIN_MEMORY_MIB} MiB"
+                f"memory_mib={memory_mib!r:.40}: give a whole number of MiB in "
+                f"{MIN_MEMORY_MIB}..{MAX_MEMORY_MIB} "
+                f"(the guest's 32 MiB transfer buffer at 16 MiB needs at least {MIN_MEMORY_MIB})"
             )
+        for name, value in (("firmware", firmware), ("io_error", io_error)):
+            text(name, value, ConfigError)
+        if isinstance(extra_qemu_args, str | bytes) or not isinstance(extra_qemu_args, Sequence):
+            raise ConfigError(f"extra_qemu_args must be a list of strings, not {extra_qemu_args!r:.60}")
+        if keep_artifacts is not None and not isinstance(keep_artifacts, bool):
+            raise ConfigError(f"keep_artifacts must be True, False or None, not {keep_artifacts!r:.40}")
         self.config = QemuConfig(
             kernel=find_kernel(kernel),
             disks=_disk_map(disks),
             firmware=firmware,
             memory_mib=memory_mib,
             extra_args=tuple(extra_qemu_args),
-            faults={d: tuple(f) for d, f in (faults or {}).items()},
+            faults=_fault_map(faults),
             io_error=io_error,
         )
-        self.call_timeout = call_timeout
-        self.boot_timeout = boot_timeout
+        self._call_timeout = seconds("call_timeout", call_timeout, ConfigError)
+        self.boot_timeout = seconds("boot_timeout", boot_timeout, ConfigError)
         self.data_path = data_path
         self.keep_artifacts = keep_artifacts
-        self._gdb_binary = gdb
-        self._artifacts_arg = Path(artifacts_dir).absolute() if artifacts_dir is not None else None
+        self._gdb_binary = text("gdb", gdb, ConfigError)
+        try:
+            self._artifacts_arg = Path(artifacts_dir).absolute() if artifacts_dir is not None else None
+        except TypeError:
+            raise ConfigError(f"artifacts_dir must be a path, not {artifacts_dir!r:.60}") from None
+        if self._artifacts_arg is not None:
+            text("artifacts_dir", str(self._artifacts_arg), ConfigError)
         self.rundir: Path | None = None
         self.artifacts: Path | None = None
         self.qemu: QemuProcess | None = None
@@ -127,6 +174,26 @@ class Machine:
         self._own_artifacts = False  # artifacts is a temp dir this machine made
         self._ports: PortsAgent | None = None  # port watching, loaded into GDB on first use
         self._device_traces = 0  # active device_trace() contexts
+        self._lock = threading.RLock()  # one thread at a time (see exclusive())
+        self._down = ""  # why the machine cannot take calls (closed, a reboot failed), if so
+        self._ram_dir: Path | None = None  # where the RAM file went when rundir had no room
+
+    @property
+    def call_timeout(self) -> float:
+        """Seconds one driver call may take before it counts as hung (positive, finite)."""
+        return self._call_timeout
+
+    @call_timeout.setter
+    def call_timeout(self, value: float) -> None:
+        self._call_timeout = seconds("call_timeout", value, UsageError)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the machine for a sequence of calls: another thread's calls wait until the
+        block ends. Every public call holds it already; this is for a sequence that must not
+        interleave with another thread's (it is reentrant)."""
+        with self._lock:
+            yield
 
     # --- context management ----------------------------------------------------------
     def __enter__(self) -> Machine:
@@ -141,17 +208,22 @@ class Machine:
             failed=exc is not None and (not isinstance(exc, KeyboardInterrupt) or isinstance(exc, Terminated))
         )
 
+    @locking.exclusive
     def start(self) -> None:
         """Boot to the park point; on any failure everything started is torn down."""
+        if self.rundir is not None:
+            raise UsageError("this machine is already started; close() it first, or use another Machine")
         for disk in self.config.disks.values():
             disk.validate()  # before any process starts
-        self.rundir = _private_dir()
         if self._artifacts_arg is not None:
+            artifacts.prepare_dir(self._artifacts_arg)
             self.artifacts = self._artifacts_arg
         else:  # on disk, not in /dev/shm: logs kept after a failure must not cost RAM
             self.artifacts = Path(tempfile.mkdtemp(prefix="piix3-logs-"))
             self._own_artifacts = True
-        self.artifacts.mkdir(parents=True, exist_ok=True)
+        rundir.sweep_stale()  # what killed harness processes left behind
+        self.rundir = rundir.make()
+        self._down = ""
         try:
             self._boot()
         except BaseException as exc:
@@ -160,8 +232,14 @@ class Machine:
 
     def close(self, failed: bool = False) -> None:
         """Stop GDB and QEMU (bounded) and remove the private directory (sockets, RAM); the logs
-        are kept when asked or when something failed, else removed if the machine made them."""
+        are kept when asked or when something failed, else removed if the machine made them.
+        Ctrl-C waits until this is done: a half-closed machine would leave processes behind."""
+        with self._lock, procs.signals_deferred():
+            self._close(failed)
+
+    def _close(self, failed: bool) -> None:
         self.failed = self.failed or failed
+        self._down = "the machine is closed; start a new one"
         self._halt(clean=True)
         if self.rundir is None:
             return
@@ -186,7 +264,7 @@ class Machine:
         return [self._path(n) for n in ("serial.log", "qemu.log", "gdb-mi.log")]
 
     def serial_text(self) -> str:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             return self._path("serial.log").read_text(errors="replace")
         return ""
 
@@ -200,6 +278,11 @@ class Machine:
         paths = self._qemu_paths()
         with contextlib.suppress(FileNotFoundError):
             paths.ram_file.unlink()  # a cold boot starts from fresh RAM
+        assert self.rundir is not None
+        ram = rundir.reserve_ram(self.rundir, self.config.memory_mib << 20)
+        if ram.parent != self.rundir:
+            self._ram_dir = ram.parent
+        paths = dataclasses.replace(paths, ram_file=ram)
         t0 = time.perf_counter()
         new_gdb = self.gdb is None
         if self.gdb is None:
@@ -304,12 +387,18 @@ class Machine:
     # --- calls and memory ------------------------------------------------------------
     def _live(self) -> tuple[GdbMi, QemuProcess]:
         if self.gdb is None or self.qemu is None:
-            raise HarnessError("the machine is not running (use it inside `with Machine(...)`)")
+            raise HarnessError(
+                self._down or "the machine is not running (use it inside `with Machine(...)`, or start())",
+                artifacts=self.artifact_files() if self.artifacts is not None else (),
+            )
         return self.gdb, self.qemu
 
     # --- the mailbox: post a request, continue, stop at harness_ready ---------------------
-    def post(self, request: Request) -> None:
-        """Fill the guest's request mailbox; the next cont() runs it."""
+    @locking.exclusive
+    def post(self, request: Request, payload: memoryview | bytes | None = None) -> None:
+        """Fill the guest's request mailbox (and the transfer buffer with payload, if given);
+        the next cont() runs it. A refused post changes nothing in the guest."""
+        self._live()
         if not self.parked:
             raise HarnessError(
                 f"cannot post {request.op.name}: the guest is not parked at {PARK_SYMBOL} (an earlier "
@@ -318,12 +407,15 @@ class Machine:
                 artifacts=self.artifact_files(),
             )
         self._seq = self._read_request()[8]
+        if payload is not None:
+            self.write_memory(request.buf, payload)
         self.write_memory(self.symbol("request"), request.pack(self._seq, linger=bool(self._held)))
         self.parked = False  # until a cont() brings the guest back to harness_ready
 
     def _read_request(self) -> tuple[int, ...]:
         return REQUEST.unpack(self.read_memory(self.symbol("request"), REQUEST.size))
 
+    @locking.exclusive
     def cont(self, timeout: float | None = None) -> Stop:
         """Let the guest run until it stops: at harness_ready (parked), or at a breakpoint.
 
@@ -334,13 +426,13 @@ class Machine:
         gdb, qemu = self._live()
         if self._held:
             return self._cont_releasing_holds()  # a posted call (begin_*) under hold_io
-        limit = timeout or self.call_timeout
+        limit = self.call_timeout if timeout is None else seconds("timeout", timeout, UsageError)
         if self._ports is not None:
             self._ports.arm_pending()
         gdb.discard_async()
         gdb.command("-exec-continue", alive=qemu.check_alive)
         try:
-            rec = gdb.wait_async(is_stopped, limit, "stop", qemu.check_alive)
+            rec = self._wait_stop(limit, "stop")
         except HarnessTimeout:
             raise self._hung(limit) from None
         payload = rec.payload if isinstance(rec.payload, dict) else {}
@@ -351,6 +443,34 @@ class Machine:
             stop = self._ports.explain(stop)  # a port breakpoint: what the access was
         self.parked = stop.parked
         return stop
+
+    def _wait_stop(self, limit: float, what: str) -> MiRecord:
+        """The guest's next *stop within limit. Ctrl-C meanwhile stops the guest before it is
+        passed on, so that cont() and reset() work afterwards, as the errors advise."""
+        gdb, qemu = self._live()
+        try:
+            return gdb.wait_async(is_stopped, limit, what, qemu.check_alive)
+        except KeyboardInterrupt:
+            with procs.signals_deferred():
+                self._interrupt_after_ctrl_c()
+            raise
+
+    def _interrupt_after_ctrl_c(self) -> None:
+        """Stop the running guest (bounded) and say where it is; a call in flight finishes on
+        the next cont(), or is dropped by reset()."""
+        self.parked = False
+        try:
+            gdb, qemu = self._live()
+            gdb.command("-exec-interrupt", alive=qemu.check_alive)
+            rec = gdb.wait_async(is_stopped, HANG_INTERRUPT_TIMEOUT, "stop after Ctrl-C", qemu.check_alive)
+        except HarnessError as exc:
+            log.warning("interrupted; the guest could not be stopped (%s): power_cycle() or close()", exc)
+            return
+        stop = Stop.from_mi(rec.payload if isinstance(rec.payload, dict) else {}, PARK_SYMBOL)
+        self.parked = stop.parked
+        log.warning(
+            "interrupted; the guest is stopped at %s: m.cont() finishes the call, m.reset() drops it", stop
+        )
 
     def _check_paused(self, stop: Stop) -> None:
         """A signal stop may be QEMU pausing the VM (io-error); say so instead of hanging."""
@@ -365,18 +485,20 @@ class Machine:
                 if e.get("event") == "BLOCK_IO_ERROR"
             )
             raise QemuError(
-                f"QEMU paused the VM on an I/O error (io_error='stop'): {detail or 'no event detail'}; "
+                f"QEMU paused the VM on an I/O error (io_error={self.config.io_error!r}): "
+                f"{detail or 'no event detail'}; "
                 f"the guest stopped at {stop}. reset() or power_cycle() to go on",
                 log_path=self._path("qemu.log"),
                 artifacts=self.artifact_files(),
             )
 
-    def request(self, request: Request) -> int:
+    @locking.exclusive
+    def request(self, request: Request, payload: memoryview | bytes | None = None) -> int:
         """Run one driver request through the mailbox; returns the driver's result code."""
         self._requests += 1
         if self._requests % EVENT_DRAIN_EVERY == 0 and self.qemu is not None:
             self.qemu.events(wait=EVENT_DRAIN_WAIT)  # each cont() makes QEMU send STOP and RESUME
-        self.post(request)
+        self.post(request, payload)
         stop = self.cont()
         if not stop.parked:
             raise GdbError(
@@ -386,6 +508,7 @@ class Machine:
         return self.result(request)
 
     # --- holding the block layer (blkdebug break) ------------------------------------------
+    @locking.exclusive
     def hold_io(self, drive: int, op: str = "read", tag: str = "held") -> None:
         """Suspend the drive's next `op` ("read" | "write" | "flush") request inside QEMU's
         block layer, so the drive stays BSY and the driver's bounded wait runs out. Needs
@@ -423,6 +546,7 @@ class Machine:
                 "never survives; use m.ata calls, or release_io() first"
             )
 
+    @locking.exclusive
     def release_io(self, drive: int, tag: str = "held") -> None:
         """End a hold: a suspended request goes on, later ones are not held."""
         self._qemu_io(drive, f"remove_break {tag}")
@@ -462,7 +586,7 @@ class Machine:
             qemu.check_alive()
             time.sleep(HOLD_POLL)  # the guest runs; shared memory is the only thing to watch
         self._let_holds_go()
-        rec = gdb.wait_async(is_stopped, self.call_timeout, "stop", qemu.check_alive)
+        rec = self._wait_stop(self.call_timeout, "stop")
         stop = Stop.from_mi(rec.payload if isinstance(rec.payload, dict) else {}, PARK_SYMBOL)
         self.parked = stop.parked
         return stop
@@ -526,7 +650,10 @@ class Machine:
             evidence.append(f"could not collect more: {exc}")
         evidence.append("serial tail:\n" + self.serial_text()[-2000:])
         hang = self._path("hang.txt")
-        hang.write_text("\n".join(evidence) + "\n")
+        try:
+            artifacts.write_text(hang, "\n".join(evidence) + "\n")
+        except HarnessError as exc:
+            log.warning("hang evidence not written: %s", exc)
         self.failed = True
         try:
             self.reset()
@@ -538,10 +665,19 @@ class Machine:
             artifacts=[hang, *self.artifact_files()],
         )
 
+    @locking.exclusive
     def evaluate_int(self, expr: str, timeout: float | None = None) -> int:
         """Evaluate a C expression in the guest (function calls included) as an integer."""
+        value = self._evaluate(expr, timeout, void_ok=False)
+        assert value is not None
+        return value
+
+    def _evaluate(self, expr: str, timeout: float | None, void_ok: bool) -> int | None:
         gdb, qemu = self._live()
-        value = gdb.evaluate(expr, timeout or self.call_timeout, qemu.check_alive, interrupt_on_timeout=True)
+        limit = self.call_timeout if timeout is None else seconds("timeout", timeout, UsageError)
+        value = gdb.evaluate(expr, limit, qemu.check_alive, interrupt_on_timeout=True)
+        if void_ok and value == "void":
+            return None
         try:
             return int(value.split()[0], 0)
         except (ValueError, IndexError):
@@ -549,34 +685,61 @@ class Machine:
                 f"{expr!r} gave {value!r}, not an integer", artifacts=self.artifact_files()
             ) from None
 
-    def call(self, function: str, *args: int, timeout: float | None = None) -> int:
-        """Call a guest C function with integer arguments; returns its int result."""
+    @locking.exclusive
+    def call(self, function: str, *args: int, timeout: float | None = None) -> int | None:
+        """Call a guest C function with integer arguments; returns its int result (None for a
+        function returning void)."""
         self._refuse_while_held("a GDB inferior call")
+        text("function", function, UsageError)
+        if not function.isidentifier():
+            raise UsageError(f"function {function!r:.60} is not a C identifier")
+        bad = [a for a in args if not is_int(a)]
+        if bad:
+            raise UsageError(f"call {function}: argument {bad[0]!r:.40} is not an integer")
         if self._ports is not None:
             self._ports.arm_pending()  # the guest runs during the call
-        return self.evaluate_int(f"{function}({', '.join(str(a) for a in args)})", timeout)
+        return self._evaluate(f"{function}({', '.join(str(a) for a in args)})", timeout, void_ok=True)
+
+    def _check_span(self, addr: object, length: int) -> int:
+        ram = self.config.memory_mib << 20
+        if not is_int(addr) or not 0 <= addr <= ram - length:  # type: ignore[operator]
+            raise UsageError(
+                f"guest memory {addr!r:.24}..+{length} is outside guest RAM (0..{ram:#x}); "
+                "give an address inside it"
+            )
+        assert isinstance(addr, int)
+        return addr
 
     def read_memory(self, addr: int, length: int) -> bytes:
+        """length bytes of guest RAM at addr (through the shared mapping, else GDB)."""
+        if not is_int(length) or length < 0:
+            raise UsageError(f"read_memory length {length!r:.24} must be a non-negative integer")
+        addr = self._check_span(addr, length)
         if self._ram is not None:
             return self._ram[addr : addr + length]
         gdb, _ = self._live()
         return gdb.read_memory(addr, length)
 
-    def write_memory(self, addr: int, data: bytes) -> None:
+    def write_memory(self, addr: int, data: bytes | memoryview) -> None:
+        """Write data (bytes-like) into guest RAM at addr."""
+        view = memoryview(data).cast("B")
+        addr = self._check_span(addr, view.nbytes)
         if self._ram is not None:
-            self._ram[addr : addr + len(data)] = data
+            self._ram[addr : addr + view.nbytes] = view
             return
         gdb, _ = self._live()
-        gdb.write_memory(addr, data)
+        gdb.write_memory(addr, view)
 
     # --- the three reboots -------------------------------------------------------------
     # --- VM snapshots (qcow2 disks only) -------------------------------------------------
+    @locking.exclusive
     def save_snapshot(self, name: str = SNAPSHOT_NAME) -> None:
         """savevm at the park point: RAM, devices, CPU and every disk (qcow2 internal snapshot)."""
         if not self.parked:
             raise HarnessError(f"save_snapshot: the guest is not parked at {PARK_SYMBOL}")
         self._hmp_snapshot("savevm", name)
 
+    @locking.exclusive
     def clear_debug_state(self) -> None:
         """Remove what a test may have left in GDB (port watches and breakpoints, any user
         breakpoint): afterwards only the park breakpoint remains, or GdbError."""
@@ -593,6 +756,7 @@ class Machine:
         if park[0].get("enabled") != "y":
             gdb.command(f"-break-enable {self._park_bp}")
 
+    @locking.exclusive
     def restore_snapshot(self, name: str = SNAPSHOT_NAME) -> None:
         """loadvm: back to the saved state, disks included; GDB's register cache is refreshed."""
         gdb, qemu = self._live()
@@ -630,6 +794,7 @@ class Machine:
         if out:  # HMP prints nothing on success
             raise QemuError(f"{verb} {name}: {out}", artifacts=self.artifact_files())
 
+    @locking.exclusive
     def reset(self) -> None:
         """Warm reset: QMP system_reset, then run to harness_ready again (same QEMU, same RAM file)."""
         gdb, qemu = self._live()
@@ -639,17 +804,29 @@ class Machine:
         gdb.command("maint flush register-cache")
         self._continue_to_park()
 
+    @locking.exclusive
     def power_cycle(self) -> None:
         """Cold: QEMU quits cleanly (flushing its caches), a new QEMU boots the same images."""
-        self._live()
-        self._halt(clean=True, keep_gdb=True)
-        self._boot()
+        self._reboot("power_cycle", clean=True)
 
+    @locking.exclusive
     def crash(self) -> None:
         """SIGKILL QEMU as if the host lost it, then a new QEMU boots the same images."""
-        self._live()
-        self._halt(clean=False, keep_gdb=True)
-        self._boot()
+        self._reboot("crash", clean=False)
+
+    def _reboot(self, what: str, clean: bool) -> None:
+        """A new QEMU process on the same images; also the way back after a failed reboot."""
+        if self.rundir is None:
+            self._live()  # says why: never started, or closed
+        self._halt(clean=clean, keep_gdb=True)
+        try:
+            self._boot()
+        except BaseException as exc:
+            self._down = (
+                f"the machine is down: {what}() failed ({exc}); power_cycle() to try again, or close() it"
+            )
+            raise
+        self._down = ""
 
     def _halt(self, clean: bool, keep_gdb: bool = False) -> None:
         """Stop QEMU (quit or SIGKILL); stop GDB too unless it is to attach to the next QEMU."""
@@ -673,7 +850,10 @@ class Machine:
                 self.gdb = None
         if self.rundir is not None:
             with contextlib.suppress(FileNotFoundError):
-                (self.rundir / "ram").unlink()
+                self._qemu_paths().ram_file.unlink()
+        if self._ram_dir is not None:
+            shutil.rmtree(self._ram_dir, ignore_errors=True)
+            self._ram_dir = None
 
     @property
     def pids(self) -> list[int]:

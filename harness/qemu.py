@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from harness import procs
+from harness import artifacts, procs
 from harness.disk import DiskImage
 from harness.errors import ConfigError, QemuError
 from harness.faults import Fault, blkdebug_config
@@ -35,6 +35,21 @@ FIRMWARE = {"seabios": None, "qboot": "/usr/share/qemu/qboot.rom"}
 MAX_DRIVES = 4
 TRACE_LOG_NAME = "qemu-trace.log"  # QEMU's -D log: device-side trace events (harness/devtrace.py)
 IO_ERROR_POLICIES = ("report", "stop")
+# Options the harness cannot allow in extra_args: each takes the process, its sockets or its
+# logs out of the harness's hands (or opens a TCP port).
+FORBIDDEN_ARGS = {
+    "-daemonize": "QEMU would leave the harness's process tree and outlive close()",
+    "-runas": "QEMU would drop to another user and lose access to the private sockets",
+    "-chroot": "QEMU would lose the paths of its sockets, RAM file and logs",
+    "-s": "it opens a gdbstub on TCP port 1234; the harness's gdbstub is on a private socket",
+    "-gdb": "the harness owns the gdbstub (a private unix socket)",
+    "-qmp": "the harness owns QMP (a private unix socket)",
+    "-qmp-pretty": "the harness owns QMP (a private unix socket)",
+    "-monitor": "the harness owns the monitor; use m.qemu.command() for QMP",
+    "-mon": "the harness owns the monitor; use m.qemu.command() for QMP",
+    "-D": "the harness owns QEMU's log file (device traces go there)",
+    "-kernel": "the kernel is Machine(kernel=...)",
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,14 @@ class QemuConfig:
                 raise ConfigError(f"faults given for drive {drive}, which has no disk")
             if self.disks[drive].format != "raw":
                 raise ConfigError(f"faults need a raw image; drive {drive} is {self.disks[drive].format}")
+        for arg in self.extra_args:
+            if not isinstance(arg, str) or "\0" in arg:
+                raise ConfigError(f"extra_qemu_args: {arg!r} is not a string without NUL bytes")
+            name = arg.split("=", 1)[0]
+            if name.startswith("--"):
+                name = name[1:]
+            if name in FORBIDDEN_ARGS:
+                raise ConfigError(f"extra_qemu_args: {arg!r} is refused: {FORBIDDEN_ARGS[name]}")
         for drive in self.disks:
             if not 0 <= drive < MAX_DRIVES:
                 raise ConfigError(
@@ -101,6 +124,17 @@ def _opt(path: Path) -> str:
     return str(path).replace(",", ",,")
 
 
+def trace_log_arg(paths: QemuPaths) -> Path | None:
+    """The name QEMU's -D is given for the trace log. QEMU reads a `%` in that name as a
+    format (`%d`: its pid) and refuses any other, with no way to escape it; a log path with a
+    `%` is therefore reached through a link in the private run directory."""
+    if paths.trace_log is None:
+        return None
+    if "%" in str(paths.trace_log) and paths.rundir is not None:
+        return paths.rundir / "trace-log"
+    return paths.trace_log
+
+
 def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
     """The QEMU command line: paused (-S), gdbstub and QMP on unix sockets, RAM in a shared file."""
     mem = f"{cfg.memory_mib}M"
@@ -132,8 +166,9 @@ def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
         "-serial",
         "chardev:ser0",
     ]
-    if paths.trace_log is not None:
-        argv += ["-D", str(paths.trace_log)]  # a plain file name, not an option string
+    trace_log = trace_log_arg(paths)
+    if trace_log is not None:
+        argv += ["-D", str(trace_log)]  # a plain file name, not an option string
     bios = FIRMWARE[cfg.firmware]
     if bios:
         argv += ["-bios", bios]
@@ -149,7 +184,8 @@ def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
             json.dumps(top, separators=(",", ":")),
             "-device",
             f"ide-hd,id=drive{drive},drive={node},bus=ide.{drive // 2},unit={drive % 2}"
-            + (",rerror=stop,werror=stop" if cfg.io_error == "stop" else ""),
+            # explicit both ways: QEMU's own default pauses the VM on ENOSPC even for "report"
+            + f",rerror={cfg.io_error},werror={cfg.io_error}",
         ]
     return argv + list(cfg.extra_args)
 
@@ -190,17 +226,26 @@ class QemuProcess:
         for drive, faults in self.config.faults.items():
             rules = (self.paths.rundir or self.paths.ram_file.parent) / f"blkdebug{drive}.conf"
             rules.write_text(blkdebug_config(faults))
-        self.paths.cmdline.write_text(" ".join(self.argv) + "\n")
+        artifacts.write_text(self.paths.cmdline, " ".join(self.argv) + "\n")
+        for name in (self.paths.serial_log, self.paths.trace_log):  # QEMU opens these by name
+            if name is not None:
+                artifacts.ensure(name)
+        alias = trace_log_arg(self.paths)
+        if alias is not None and alias != self.paths.trace_log and self.paths.trace_log is not None:
+            alias.unlink(missing_ok=True)
+            alias.symlink_to(self.paths.trace_log)
         log.debug("QEMU command line: %s", " ".join(self.argv))
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(str(self.paths.qmp_socket))
             listener.listen(1)
-            self._stderr = open(self.paths.qemu_log, "ab")  # noqa: SIM115 - QEMU's stderr while it runs
+            self._stderr = artifacts.open_binary_log(self.paths.qemu_log)  # QEMU's stderr while it runs
             try:
                 self.proc = procs.spawn(self.argv, name="qemu", stdout=self._stderr, stderr=self._stderr)
             except FileNotFoundError:
                 raise self._error(f"{self.config.qemu_binary} not found; run `make deps`") from None
+            except OSError as exc:
+                raise self._error(f"cannot run {self.config.qemu_binary}: {exc.strerror}") from None
             conn = self._await(listener, "connect to QMP")
         except BaseException:
             self.close()

@@ -50,7 +50,7 @@ def port_snapshot(m: Machine) -> dict[str, int]:
     cmd, ctrl, bm = (m.evaluate_int(f"channels[0].{f}") for f in ("cmd", "ctrl", "bm"))
     ports = {f"cmd+{i}": cmd + i for i in range(1, 7)} | {"altstatus": ctrl}
     ports |= {f"bm+{i}": bm + i for i in (0, 2, 4, 5, 6, 7)}
-    return {name: m.call("harness_inb", port) for name, port in ports.items()}
+    return {name: m.evaluate_int(f"harness_inb({port})") for name, port in ports.items()}
 
 
 def test_shared_memory_and_gdb_paths_see_the_same_bytes(

@@ -79,8 +79,8 @@ def test_qboot_two_disks(tmp_path: Path, paths: QemuPaths, disks: dict[int, Disk
 
     # drive 0 is the primary master, drive 3 the secondary slave
     assert _values(argv, "-device") == [
-        "ide-hd,id=drive0,drive=disk0,bus=ide.0,unit=0",
-        "ide-hd,id=drive3,drive=disk3,bus=ide.1,unit=1",
+        "ide-hd,id=drive0,drive=disk0,bus=ide.0,unit=0,rerror=report,werror=report",
+        "ide-hd,id=drive3,drive=disk3,bus=ide.1,unit=1,rerror=report,werror=report",
     ]
     nodes = _blockdevs(argv)
     assert set(nodes) == {"disk0", "disk3"}
@@ -104,7 +104,9 @@ def test_seabios_has_no_bios_flag(tmp_path: Path, paths: QemuPaths) -> None:
 def test_drive_placement(tmp_path: Path, paths: QemuPaths, drive: int, bus: int, unit: int) -> None:
     disk = DiskImage(tmp_path / "d.qcow2", format="qcow2")  # format given: the file need not exist
     argv = build_command(QemuConfig(kernel=tmp_path / "k", disks={drive: disk}), paths)
-    assert _values(argv, "-device") == [f"ide-hd,id=drive{drive},drive=disk{drive},bus=ide.{bus},unit={unit}"]
+    assert _values(argv, "-device") == [
+        f"ide-hd,id=drive{drive},drive=disk{drive},bus=ide.{bus},unit={unit},rerror=report,werror=report"
+    ]
     assert _blockdevs(argv)[f"disk{drive}"]["driver"] == "qcow2"
 
 
