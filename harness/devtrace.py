@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 TRACE_PATTERNS = ("ide_*", "bmdma_*")  # QMP trace-event-set-state names (globs allowed)
 TRACE_FILE = "qemu-trace.log"
 
-_PREFIX = re.compile(r"^(?:\d+@\d+\.\d+:)?(?P<event>[a-z0-9_]+) (?P<text>.*)$")
+# QEMU's log backend line: "[pid@seconds.micros:]event text"; the stamp is there with
+# `-msg timestamp=on` (gettimeofday, truncated to whole microseconds).
+_PREFIX = re.compile(r"^(?:\d+@(?P<sec>\d+)\.(?P<frac>\d+):)?(?P<event>[a-z0-9_]+) (?P<text>.*)$")
 _PIO = re.compile(
     r"IDE PIO (?P<rw>rd|wr) @ 0x(?P<port>[0-9a-f]+) \((?P<reg>[^)]*)\); val 0x(?P<val>[0-9a-f]+)"
     r"(?:; bus (?P<bus>\S+?);?(?: IDEState (?P<state>\S+))?)?$"
@@ -111,12 +113,23 @@ def _channel_of(port: int) -> int | None:
     return None
 
 
+def _stamp_us(m: re.Match[str]) -> float | None:
+    """The line's `-msg timestamp=on` stamp in µs since the epoch, or None without one."""
+    sec: str | None = m.group("sec")
+    frac: str | None = m.group("frac")
+    if sec is None or frac is None:
+        return None
+    return float(int(sec) * 1_000_000) + int(frac) / 10.0 ** (len(frac) - 6)
+
+
 def parse_trace(lines: Iterable[str], port_map: PortMap | None = None) -> DeviceRecord:
-    """Parse QEMU log-backend trace lines (ide_*, bmdma_*) into a DeviceRecord."""
+    """Parse QEMU log-backend trace lines (ide_*, bmdma_*) into a DeviceRecord. Lines stamped
+    by `-msg timestamp=on` give each access its time (PortAccess.time_us); unstamped lines
+    give None."""
     pmap = port_map or PortMap()
     rec = DeviceRecord()
-    # First pass: (direction, port or bus-master offset, width, value, is bus master) per access.
-    raw: list[tuple[str, int, int, int, bool]] = []
+    # First pass: (direction, port or bus-master offset, width, value, is bus master, time) per access.
+    raw: list[tuple[str, int, int, int, bool, float | None]] = []
     for line in lines:
         line = line.rstrip("\n")
         if not line.strip():
@@ -126,6 +139,7 @@ def parse_trace(lines: Iterable[str], port_map: PortMap | None = None) -> Device
             rec.unparsed.append(line)
             continue
         event, text = m.group("event"), m.group("text")
+        stamp = _stamp_us(m)
         if event in _SKIP:
             continue
         if event in _PIO_EVENTS:
@@ -134,29 +148,28 @@ def parse_trace(lines: Iterable[str], port_map: PortMap | None = None) -> Device
                 rec.unparsed.append(line)
                 continue
             direction = "in" if p.group("rw") == "rd" else "out"
-            raw.append(
-                (direction, int(p.group("port"), 16), _PIO_EVENTS[event], int(p.group("val"), 16), False)
-            )
+            port, val = int(p.group("port"), 16), int(p.group("val"), 16)
+            raw.append((direction, port, _PIO_EVENTS[event], val, False, stamp))
         elif event in ("bmdma_read", "bmdma_write"):
             b = _BMDMA.match(text)
             if not b:
                 rec.unparsed.append(line)
                 continue
             direction = "in" if b.group("rw") == "read" else "out"
-            raw.append((direction, int(b.group("off"), 16) & 3, 1, int(b.group("val"), 16), True))
+            raw.append((direction, int(b.group("off"), 16) & 3, 1, int(b.group("val"), 16), True, stamp))
         elif event in ("bmdma_addr_read", "bmdma_addr_write"):
             a = _BMDMA_ADDR.match(text)
             if not a:
                 rec.unparsed.append(line)
                 continue
             direction = "in" if event.endswith("read") else "out"
-            raw.append((direction, 4, 4, int(a.group("val"), 16) & 0xFFFFFFFF, True))
+            raw.append((direction, 4, 4, int(a.group("val"), 16) & 0xFFFFFFFF, True, stamp))
         elif event.startswith(("ide_", "bmdma_")):
             rec.actions.append(DeviceAction(event, text.strip(), len(raw)))
         else:
             rec.unparsed.append(line)
     # Second pass: bus-master accesses take the channel of the next IDE access, else the previous.
-    channels: list[int | None] = [None if is_bm else _channel_of(port) for _, port, _, _, is_bm in raw]
+    channels: list[int | None] = [None if is_bm else _channel_of(port) for _, port, _, _, is_bm, _ in raw]
     following: list[int | None] = [None] * len(raw)
     nxt: int | None = None
     for i in range(len(raw) - 1, -1, -1):
@@ -164,7 +177,7 @@ def parse_trace(lines: Iterable[str], port_map: PortMap | None = None) -> Device
         if channels[i] is not None:
             nxt = channels[i]
     prev: int | None = None
-    for i, (direction, port, width, value, is_bm) in enumerate(raw):
+    for i, (direction, port, width, value, is_bm, stamp) in enumerate(raw):
         if is_bm:
             channel = following[i]
             if channel is None:
@@ -172,7 +185,7 @@ def parse_trace(lines: Iterable[str], port_map: PortMap | None = None) -> Device
             port = pmap.bm_base + BM_CHANNEL_STRIDE * channel + port
         else:
             prev = channels[i] if channels[i] is not None else prev
-        rec.events.append(pmap.access(direction, port, width, value, source="device"))
+        rec.events.append(pmap.access(direction, port, width, value, source="device", time_us=stamp))
     return rec
 
 

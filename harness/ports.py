@@ -86,6 +86,7 @@ class PortAccess:
     pc: int | None = None  # driver side: the instruction's address
     repeat: int = 1  # identical consecutive reads folded into one (see squash)
     source: str = "driver"  # "driver" | "device"
+    time_us: float | None = None  # device side: QEMU's log timestamp (-msg timestamp=on), in µs
 
     @property
     def string(self) -> bool:
