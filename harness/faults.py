@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from harness.checks import int_problem
 from harness.errors import ConfigError
 
-SECTOR = 512
+MAX_SECTOR = (1 << 48) - 1  # the last LBA48 address
+MAX_ERRNO = 4095  # the kernel's errno range
 # blkdebug event that arms the rule, and the request type it fails
 _EVENTS = {"read": ("read_aio", "read"), "write": ("write_aio", "write"), "flush": ("flush_to_disk", "flush")}
 
@@ -23,12 +25,17 @@ class Fault:
     errno: int = 5
 
     def __post_init__(self) -> None:
-        if self.op not in _EVENTS:
-            raise ConfigError(f"Fault op {self.op!r} is not one of {', '.join(_EVENTS)}")
-        if self.sector is not None and (self.op == "flush" or self.sector < 0):
-            raise ConfigError("Fault sector must be a non-negative LBA, and flush faults take none")
-        if self.errno <= 0:
-            raise ConfigError(f"Fault errno {self.errno} must be a positive errno value (5 = EIO)")
+        if not isinstance(self.op, str) or self.op not in _EVENTS:
+            raise ConfigError(f"Fault op {self.op!r:.40} is not one of {', '.join(_EVENTS)}")
+        if self.sector is not None:
+            problem = int_problem("Fault sector", self.sector, 0, MAX_SECTOR)
+            if problem or self.op == "flush":
+                raise ConfigError(problem or "Fault sector: flush faults take none (flushes have no LBA)")
+        if not isinstance(self.once, bool):
+            raise ConfigError(f"Fault once must be True or False, not {self.once!r:.40}")
+        problem = int_problem("Fault errno", self.errno, 1, MAX_ERRNO)
+        if problem:
+            raise ConfigError(f"{problem} (a positive errno value: 5 = EIO, 28 = ENOSPC)")
 
 
 def blkdebug_config(faults: Sequence[Fault]) -> str:

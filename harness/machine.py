@@ -386,7 +386,7 @@ class Machine:
 
     # --- calls and memory ------------------------------------------------------------
     def _live(self) -> tuple[GdbMi, QemuProcess]:
-        if self.gdb is None or self.qemu is None:
+        if self._down or self.gdb is None or self.qemu is None:
             raise HarnessError(
                 self._down or "the machine is not running (use it inside `with Machine(...)`, or start())",
                 artifacts=self.artifact_files() if self.artifacts is not None else (),
@@ -825,6 +825,8 @@ class Machine:
             self._down = (
                 f"the machine is down: {what}() failed ({exc}); power_cycle() to try again, or close() it"
             )
+            with contextlib.suppress(HarnessError):
+                self._halt(clean=False, keep_gdb=True)  # whatever half of the new pair started
             raise
         self._down = ""
 

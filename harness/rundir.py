@@ -90,8 +90,8 @@ def reserve_ram(rundir: Path, size: int) -> Path:
                 shutil.rmtree(target, ignore_errors=True)
             if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
                 raise ConfigError(f"cannot create the guest RAM file {ram}: {exc.strerror}") from None
-            free = shutil.disk_usage(where).free >> 20
-            tried.append(f"{where.parent if target != rundir else where} ({free} MiB free)")
+            root = rundir.parent if target == rundir else where
+            tried.append(f"{root} ({shutil.disk_usage(root).free >> 20} MiB free)")
             continue
         if target != rundir:
             log.warning("not enough room for %d MiB of guest RAM in %s; using %s", size >> 20, rundir, ram)
