@@ -377,7 +377,12 @@ class QemuProcess:
         return self.close(timeout=QEMU_QUIT_TIMEOUT)
 
     def close(self, timeout: float = QEMU_QUIT_TIMEOUT) -> int:
-        """Reap QEMU (killing it after timeout) and release our end of everything."""
+        """Reap QEMU (killing it after timeout) and release our end of everything; Ctrl-C waits
+        until that is done (it is bounded)."""
+        with procs.signals_deferred():
+            return self._close(timeout)
+
+    def _close(self, timeout: float) -> int:
         if self.proc is not None:
             self.exit_code = procs.reap(self.proc, timeout)
             self.proc = None
