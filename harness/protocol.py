@@ -829,7 +829,7 @@ class Checker:
         counts = ch.writes.get("count", [])
         if op in ONE_BLOCK:
             sectors = 1
-        elif counts and ch.writes_known and (op in MULTIPLE or op in SECTOR_BLOCKS or kind.startswith("dma")):
+        elif counts and (op in MULTIPLE or op in SECTOR_BLOCKS or kind.startswith("dma")):
             if op in LBA48:
                 if len(counts) >= 2:
                     sectors = (counts[-2] << 8 | counts[-1]) or 0x10000
@@ -840,7 +840,7 @@ class Checker:
             per_block = 1
         elif op in MULTIPLE and drive is not None:
             per_block = self.multiple.get(drive) or None
-        count = counts[-1] if counts and ch.writes_known else None
+        count = counts[-1] if counts else None
         return _Command(op, index, drive, kind, sectors, per_block, count)
 
     def _on_data(self, index: int, ev: PortAccess, ch: _Channel) -> None:
