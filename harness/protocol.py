@@ -450,6 +450,7 @@ class _Channel:
     accesses: int = 0  # ATA register accesses so far (time evidence)
     # bus master
     bm_started: bool | None = None
+    bm_left_set: bool = False  # PIIX3-BM-3 already reported for this START
     bm_dirty: dict[int, bool | None] = field(default_factory=lambda: {BM_INTR: None, BM_ERR: None})
     pending_dma: _Command | None = None  # a DMA command written and not yet started
     seen_command: bool = False  # a Command or reset has been seen: BM-2 can be judged
@@ -750,7 +751,8 @@ class Checker:
         op = ev.value & 0xFF
         name = f"{op:#04x} {command_name(op)}"
         drive = ch.drive()
-        if ch.bm_started:
+        if ch.bm_started and not ch.bm_left_set:
+            ch.bm_left_set = True
             self._report("PIIX3-BM-3", index, ch, f"Command {name} written while START is still set")
         self._judge_command(index, ch, op, name)
         if op in LBA48 and ch.writes_known:
@@ -970,7 +972,7 @@ class Checker:
             )
         self._check_prd(index, ch, cmd)
         self.starts += 1
-        ch.bm_started = True
+        ch.bm_started, ch.bm_left_set = True, False
         ch.pending_dma = None
         ch.bm_dirty[BM_ERR] = True
         ch.bm_dirty[BM_INTR] = ch.nien is not True or ch.bm_dirty[BM_INTR]
