@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import logging
+import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from harness import message
-from harness.disk import DiskImage
-from harness.errors import ConfigError, HarnessError, raise_terminated
+from harness.disk import MAX_IMAGE_BYTES, MIB, SECTOR, DiskImage, DiskImageError
+from harness.errors import HarnessError, raise_terminated
 from harness.machine import Machine
 from harness.paths import BUILD_DIR, GDBINIT, find_kernel
 from harness.qemu import FIRMWARE, QemuConfig, QemuPaths, QemuProcess
@@ -36,6 +37,103 @@ RUN_LOGS = (
 DEFAULT_LBA = 2048
 DEFAULT_SIZE_MIB = 64
 T = TypeVar("T")
+
+
+class UsageError(Exception):
+    """A bad command-line argument: one line `piix3 <cmd>: ...` on stderr, exit status 2."""
+
+    def __init__(self, text: str, prog: str | None = None) -> None:
+        super().__init__(text)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (and exit status 2, through main), not usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)", self.prog)
+
+
+def _whole(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in minimum..maximum."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, not {value}")
+        return value
+
+    return whole_number
+
+
+def _stat_or_none(path: Path, what: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: {exc.strerror}") from None
+
+
+def _check_parent(path: Path, what: str) -> None:
+    """path does not exist yet: its nearest existing ancestor must be a directory."""
+    for parent in path.parents:
+        st = _stat_or_none(parent, what)
+        if st is not None:
+            if not stat.S_ISDIR(st.st_mode):
+                raise UsageError(f"{what} {path}: {parent} is not a directory")
+            return
+
+
+def _image_arg(text: str, *, create: bool) -> tuple[DiskImage, bool]:
+    """--image as a DiskImage (and whether the file exists), refusing directories, FIFOs,
+    devices and unresolvable paths without opening anything."""
+    try:
+        disk = DiskImage(text)
+        if os.path.lexists(disk.path):
+            disk.check_file()
+            return disk, True
+    except DiskImageError as exc:
+        raise UsageError(f"--image: {exc}") from None
+    if not create:
+        raise UsageError(f"--image: {disk.path} does not exist")
+    _check_parent(disk.path, "--image")
+    return disk, False
+
+
+def _dir_arg(text: str, what: str, *, create: bool) -> Path:
+    """A directory the command writes in: an existing one must take a new file; a missing one
+    (if create) must be makeable, i.e. its nearest existing ancestor is a directory."""
+    path = Path(text).absolute()
+    st = _stat_or_none(path, what)
+    if st is None:
+        if not create:
+            raise UsageError(f"{what} {path} does not exist")
+        _check_parent(path, what)
+        return path
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{what} {path} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot write there ({exc.strerror})") from None
+    return path
+
+
+def _output_file_arg(text: str, what: str) -> Path:
+    """A file the command (over)writes: a regular file or nothing yet, in a writable directory."""
+    path = Path(text).absolute()
+    st = _stat_or_none(path, what)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{what} {path} is not a regular file")
+    _dir_arg(str(path.parent), what, create=False)
+    return path
 
 
 class Steps:
@@ -75,25 +173,43 @@ def _quote(text: str | None, limit: int = 60) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    image = Path(args.image)
-    created = not image.exists()
-    if created:
-        DiskImage.create(image, size_mib=args.size_mib)
-    disk = DiskImage(image)
+    # every argument is checked before anything is created or started
+    if args.message == "":
+        raise UsageError(
+            "--message is empty; give some text, or leave --message out for the default greeting"
+        )
     text = (
         args.message
-        or f"Hello from piix3-harness, written {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M:%S} UTC"
+        if args.message is not None
+        else f"Hello from piix3-harness, written {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M:%S} UTC"
     )
     try:
         record = message.encode(text)
-    except ValueError as exc:
-        raise ConfigError(f"--message: {exc}") from None
-    count = len(record) // 512
+    except ValueError as exc:  # too long, or not encodable (lone surrogates from the command line)
+        raise UsageError(f"--message: {exc}") from None
+    count = len(record) // SECTOR
     lba = args.lba
-    artifacts = Path(args.artifacts)
+    disk, exists = _image_arg(args.image, create=True)
+    artifacts = _dir_arg(args.artifacts, "--artifacts", create=True)
+    if exists:
+        disk.validate()  # content and lock (DiskImageError, status 1) before anything starts
+    sectors = disk.sectors if exists else args.size_mib * MIB // SECTOR
+    if lba + count > sectors:
+        raise UsageError(
+            f"--lba {lba}: the message needs sectors {lba}..{lba + count - 1}, "
+            f"but {disk.path} has {sectors} (0..{sectors - 1})"
+        )
+    image = disk.path
+    created = not exists
+    if created:
+        disk = DiskImage.create(image, size_mib=args.size_mib)
     for name in RUN_LOGS:  # only what an earlier run wrote here: the directory may be the user's
-        with contextlib.suppress(FileNotFoundError):
+        try:
             (artifacts / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise UsageError(f"--artifacts: cannot replace {artifacts / name}: {exc.strerror}") from None
     print(
         f"piix3 run: {'new' if created else 'existing'} image {image} ({disk.size >> 20} MiB {disk.format}), "
         f"drive 0, LBA {lba}, firmware {args.firmware}"
@@ -153,8 +269,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_debug(args: argparse.Namespace) -> int:
     """QEMU paused with the default disk, and an interactive GDB with the gdbinit."""
-    image = Path(args.image)
-    if not image.exists():
+    disk, exists = _image_arg(args.image, create=True)
+    image = disk.path
+    if not exists:
         DiskImage.create(image, size_mib=args.size_mib)
     kernel = find_kernel()
     rundir = Path(tempfile.mkdtemp(prefix="piix3-debug-"))
@@ -186,8 +303,14 @@ def cmd_debug(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Host-side view of an image: a hexdump of sectors, and any piix3 message there."""
-    disk = DiskImage(args.image)
-    disk.validate()
+    disk, _ = _image_arg(args.image, create=False)
+    disk.validate()  # the same rules as for a machine: no backing file, no data file, ...
+    sectors = disk.sectors
+    if args.lba >= sectors or args.lba + args.count > sectors:
+        raise UsageError(
+            f"--lba {args.lba} --count {args.count}: sectors {args.lba}..{args.lba + args.count - 1} "
+            f"are outside {disk.path} ({sectors} sectors, 0..{sectors - 1})"
+        )
     data = disk.read_sectors(args.lba, args.count)
     print(
         f"{disk.path}: {disk.format}, {disk.size} bytes, {disk.sectors} sectors; "
@@ -215,8 +338,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from harness.devtrace import trace_operation
     from harness.ports import normalize
 
-    image = Path(args.image)
-    if not image.exists():
+    disk, exists = _image_arg(args.image, create=True)
+    image = disk.path
+    if not exists:
         DiskImage.create(image, size_mib=args.size_mib)
     op, rest = args.op, list(args.args)
     usage = {"identify": "[DRIVE]", "flush": "[DRIVE]", "read": "LBA [COUNT]", "write": "LBA TEXT"}
@@ -263,23 +387,38 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from harness import bench
 
+    if args.image_dir is not None:
+        args.image_dir = str(_dir_arg(args.image_dir, "--image-dir", create=False))
+    if args.json is not None:
+        args.json = str(_output_file_arg(args.json, "--json"))
     return bench.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="piix3", description="Verify the PIIX3 IDE driver in QEMU through GDB.")
+    p = _Parser(prog="piix3", description="Verify the PIIX3 IDE driver in QEMU through GDB.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (command lines, timings)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--image", default=str(DEFAULT_IMAGE), help=f"disk image (default {DEFAULT_IMAGE})")
-        sp.add_argument("--size-mib", type=int, default=DEFAULT_SIZE_MIB, help="size if the image is created")
+        sp.add_argument(
+            "--size-mib",
+            type=_whole(1, MAX_IMAGE_BYTES // MIB),
+            default=DEFAULT_SIZE_MIB,
+            help=f"size if the image is created (default {DEFAULT_SIZE_MIB})",
+        )
         sp.add_argument("--firmware", choices=sorted(FIRMWARE), default="seabios")
 
     run = sub.add_parser("run", help="write a message, power-cycle, read it back in the guest and host-side")
     common(run)
-    run.add_argument("--message", help="text to write (default: a greeting with the time)")
-    run.add_argument("--lba", type=int, default=DEFAULT_LBA, help=f"where to write (default {DEFAULT_LBA})")
+    run.add_argument(
+        "--message",
+        help="text to write, not empty (an empty --message is refused; leave it out for the default: "
+        "a greeting with the time)",
+    )
+    run.add_argument(
+        "--lba", type=_whole(0), default=DEFAULT_LBA, help=f"where to write (default {DEFAULT_LBA})"
+    )
     run.add_argument(
         "--artifacts", default=str(BUILD_DIR / "run"), help="where the logs go (default build/run)"
     )
@@ -291,8 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ins = sub.add_parser("inspect", help="hexdump sectors of an image from the host side")
     ins.add_argument("--image", default=str(DEFAULT_IMAGE))
-    ins.add_argument("--lba", type=int, default=DEFAULT_LBA)
-    ins.add_argument("--count", type=int, default=1)
+    ins.add_argument(
+        "--lba", type=_whole(0), default=DEFAULT_LBA, help=f"first sector (default {DEFAULT_LBA})"
+    )
+    ins.add_argument("--count", type=_whole(1), default=1, help="how many sectors (default 1)")
     ins.set_defaults(func=cmd_inspect)
 
     tr = sub.add_parser(
@@ -313,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure start, reset, calls, throughput; print a table")
     b.add_argument(
         "--repeat",
-        type=int,
+        type=_whole(1),
         help="samples per timing measurement, median reported (default 20; 5 with --quick)",
     )
     b.add_argument(
@@ -332,7 +473,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The `piix3` command. Exit status: 0 ok, 1 a failed step or harness error, 2 bad usage
+    (one line on stderr, nothing started), 130 interrupted."""
+    try:
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:  # said here, not by the top-level parser, so the line names the command
+            raise UsageError(
+                f"unrecognized arguments: {' '.join(extra)} (see piix3 {args.command} --help)",
+                f"piix3 {args.command}",
+            )
+    except UsageError as exc:
+        print(f"{exc.prog or 'piix3'}: {exc}", file=sys.stderr)
+        return 2
     # SIGTERM unwinds like Ctrl-C does, so every machine is closed and its files removed.
     signal.signal(signal.SIGTERM, raise_terminated)
     logging.basicConfig(
@@ -340,6 +492,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
+    except UsageError as exc:
+        print(f"piix3 {args.command}: {exc}", file=sys.stderr)
+        return 2
     except HarnessError as exc:
         print(f"piix3 {args.command}: {exc}", file=sys.stderr)
         return 1
