@@ -39,7 +39,7 @@ DEFAULT_SIZE_MIB = 64
 T = TypeVar("T")
 
 
-class UsageError(Exception):
+class BadArgument(Exception):  # not harness.UsageError: that one is a library HarnessError (status 1)
     """A bad command-line argument: one line `piix3 <cmd>: ...` on stderr, exit status 2."""
 
     def __init__(self, text: str, prog: str | None = None) -> None:
@@ -51,7 +51,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line (and exit status 2, through main), not usage + error."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see {self.prog} --help)", self.prog)
+        raise BadArgument(f"{message} (see {self.prog} --help)", self.prog)
 
 
 def _whole(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -77,7 +77,7 @@ def _stat_or_none(path: Path, what: str) -> os.stat_result | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise UsageError(f"{what} {path}: {exc.strerror}") from None
+        raise BadArgument(f"{what} {path}: {exc.strerror}") from None
 
 
 def _check_parent(path: Path, what: str) -> None:
@@ -86,7 +86,7 @@ def _check_parent(path: Path, what: str) -> None:
         st = _stat_or_none(parent, what)
         if st is not None:
             if not stat.S_ISDIR(st.st_mode):
-                raise UsageError(f"{what} {path}: {parent} is not a directory")
+                raise BadArgument(f"{what} {path}: {parent} is not a directory")
             return
 
 
@@ -99,9 +99,9 @@ def _image_arg(text: str, *, create: bool) -> tuple[DiskImage, bool]:
             disk.check_file()
             return disk, True
     except DiskImageError as exc:
-        raise UsageError(f"--image: {exc}") from None
+        raise BadArgument(f"--image: {exc}") from None
     if not create:
-        raise UsageError(f"--image: {disk.path} does not exist")
+        raise BadArgument(f"--image: {disk.path} does not exist")
     _check_parent(disk.path, "--image")
     return disk, False
 
@@ -113,16 +113,16 @@ def _dir_arg(text: str, what: str, *, create: bool) -> Path:
     st = _stat_or_none(path, what)
     if st is None:
         if not create:
-            raise UsageError(f"{what} {path} does not exist")
+            raise BadArgument(f"{what} {path} does not exist")
         _check_parent(path, what)
         return path
     if not stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"{what} {path} is not a directory")
+        raise BadArgument(f"{what} {path} is not a directory")
     try:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as exc:
-        raise UsageError(f"{what} {path}: cannot write there ({exc.strerror})") from None
+        raise BadArgument(f"{what} {path}: cannot write there ({exc.strerror})") from None
     return path
 
 
@@ -131,7 +131,7 @@ def _output_file_arg(text: str, what: str) -> Path:
     path = Path(text).absolute()
     st = _stat_or_none(path, what)
     if st is not None and not stat.S_ISREG(st.st_mode):
-        raise UsageError(f"{what} {path} is not a regular file")
+        raise BadArgument(f"{what} {path} is not a regular file")
     _dir_arg(str(path.parent), what, create=False)
     return path
 
@@ -175,7 +175,7 @@ def _quote(text: str | None, limit: int = 60) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     # every argument is checked before anything is created or started
     if args.message == "":
-        raise UsageError(
+        raise BadArgument(
             "--message is empty; give some text, or leave --message out for the default greeting"
         )
     text = (
@@ -186,7 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         record = message.encode(text)
     except ValueError as exc:  # too long, or not encodable (lone surrogates from the command line)
-        raise UsageError(f"--message: {exc}") from None
+        raise BadArgument(f"--message: {exc}") from None
     count = len(record) // SECTOR
     lba = args.lba
     disk, exists = _image_arg(args.image, create=True)
@@ -195,7 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         disk.validate()  # content and lock (DiskImageError, status 1) before anything starts
     sectors = disk.sectors if exists else args.size_mib * MIB // SECTOR
     if lba + count > sectors:
-        raise UsageError(
+        raise BadArgument(
             f"--lba {lba}: the message needs sectors {lba}..{lba + count - 1}, "
             f"but {disk.path} has {sectors} (0..{sectors - 1})"
         )
@@ -209,7 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise UsageError(f"--artifacts: cannot replace {artifacts / name}: {exc.strerror}") from None
+            raise BadArgument(f"--artifacts: cannot replace {artifacts / name}: {exc.strerror}") from None
     print(
         f"piix3 run: {'new' if created else 'existing'} image {image} ({disk.size >> 20} MiB {disk.format}), "
         f"drive 0, LBA {lba}, firmware {args.firmware}"
@@ -307,7 +307,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     disk.validate()  # the same rules as for a machine: no backing file, no data file, ...
     sectors = disk.sectors
     if args.lba >= sectors or args.lba + args.count > sectors:
-        raise UsageError(
+        raise BadArgument(
             f"--lba {args.lba} --count {args.count}: sectors {args.lba}..{args.lba + args.count - 1} "
             f"are outside {disk.path} ({sectors} sectors, 0..{sectors - 1})"
         )
@@ -478,11 +478,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args, extra = build_parser().parse_known_args(argv)
         if extra:  # said here, not by the top-level parser, so the line names the command
-            raise UsageError(
+            raise BadArgument(
                 f"unrecognized arguments: {' '.join(extra)} (see piix3 {args.command} --help)",
                 f"piix3 {args.command}",
             )
-    except UsageError as exc:
+    except BadArgument as exc:
         print(f"{exc.prog or 'piix3'}: {exc}", file=sys.stderr)
         return 2
     # SIGTERM unwinds like Ctrl-C does, so every machine is closed and its files removed.
@@ -492,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except UsageError as exc:
+    except BadArgument as exc:
         print(f"piix3 {args.command}: {exc}", file=sys.stderr)
         return 2
     except HarnessError as exc:
