@@ -14,6 +14,15 @@ two 400 ns rules report only with finer stamps, or under `strict_timing`, where 
 counts as settled only after another register access on the channel in between (an alternate
 status read, say) or a stamped gap of at least 1 µs.
 
+Left unjudged on purpose, because correct code does it: register writes right after selecting
+the other device without a status read (Linux and SeaBIOS probe that way; only a Command needs
+the new device's status); register writes after the last block of a PIO data-in command (the
+host is idle then); READ/WRITE MULTIPLE with no SET MULTIPLE MODE in the record (the power-on
+default is vendor specific, and after SRST it depends on SET FEATURES 66h/CCh), so only a failed
+or zero SET MULTIPLE MODE disables it and only a successful one gives the DRQ block size; a
+status read showing INTR/ERR clear counts as cleared; stopping the bus master early (an abort is
+allowed, at the price of the data).
+
 What a record cannot show: the LBA the driver meant (so a 28-bit command's LBA bits 27:24 in
 Device cannot be checked), and the PRD table in guest memory (pass `prd_tables`, one per START).
 Bus-master accesses in QEMU's trace carry no channel; parse_trace gives them the channel of the
@@ -98,7 +107,7 @@ _RULES = (
     Rule(
         "ATA-ADDR-2",
         "a 48-bit command is written with the LBA bit (40h) set and bits 3:0 clear in Device",
-        f"{ATA6} clause 8, ... EXT command inputs (Device register)",
+        f"{ATA6} clause 8, READ/WRITE SECTORS/DMA/MULTIPLE EXT inputs (Device: LBA set, bits 3:0 reserved)",
     ),
     Rule(
         "ATA-PIO-1",
@@ -131,7 +140,7 @@ _RULES = (
         "ATA-ERR-1",
         "Error is read only when valid: ERR or DF in the last status read with BSY=0, or after a "
         "reset or diagnostics",
-        f"{ATA6} clause 7, Error register (contents valid ...)",
+        f"{ATA6} clause 7, Error register (when its contents are valid)",
     ),
     Rule(
         "ATA-SRST-1",
@@ -206,6 +215,14 @@ _RULES = (
     ),
 )
 RULES: dict[str, Rule] = {r.id: r for r in _RULES}
+
+
+def rules_text() -> str:
+    """The rules, one per line: id, statement, source (and what checking it needs)."""
+    return "\n".join(
+        f"{r.id:<12} {r.statement} [{r.source}]" + (f" (needs {r.needs})" if r.needs else "") for r in _RULES
+    )
+
 
 # --- registers, bits, commands ------------------------------------------------------------------
 BSY, DRDY, DF, DRQ, ERR = 0x80, 0x40, 0x20, 0x08, 0x01
@@ -333,6 +350,7 @@ class Violation:
             "rule": self.rule.id,
             "statement": self.rule.statement,
             "source": self.rule.source,
+            "needs": self.rule.needs,
             "channel": CHANNELS[self.channel] if self.channel is not None else None,
             "drive": self.drive,
             "time_us": self.time_us,
@@ -677,7 +695,7 @@ class Checker:
             return True
         if ch.stale == STALE_COMMAND:
             if ch.early:
-                self._early_report(index, ch, what)
+                self._early_report(index, ch, f"{what} written")
             else:
                 self._report(rule, index, ch, f"{what} written with {STALE_COMMAND}")
             return True
@@ -695,15 +713,13 @@ class Checker:
         else:
             self._report("ATA-SRST-3", index, ch, f"{what} written with {STALE_RESET}")
 
-    def _early_report(self, index: int, ch: _Channel, what: str) -> None:
+    def _early_report(self, index: int, ch: _Channel, action: str) -> None:
+        """`action` ("Command 0xec ... written", "data port read") taken on status reads all
+        made too soon after the Device change or Command to be trusted."""
         rule = "ATA-SEL-2" if ch.stale == STALE_SELECT else "ATA-CMD-3"
         after = "the Device write" if rule == "ATA-SEL-2" else "the Command"
-        self._report(
-            rule,
-            index,
-            ch,
-            f"{what} written on status read too soon after {after} (#{', #'.join(map(str, ch.early))})",
-        )
+        reads = ", ".join(f"#{i}" for i in ch.early)
+        self._report(rule, index, ch, f"{action} with only status reads too soon after {after} ({reads})")
 
     def _on_device(self, index: int, ev: PortAccess, ch: _Channel) -> None:
         if ev.direction != "out" or ev.value is None:
@@ -810,7 +826,7 @@ class Checker:
         if ch.stale is None:
             return
         if ch.early and ch.stale in (STALE_SELECT, STALE_COMMAND):
-            self._early_report(index, ch, what)
+            self._early_report(index, ch, f"{what} written")
         else:
             self._report("ATA-CMD-1", index, ch, f"{what} written with {ch.stale}")
 
@@ -875,7 +891,7 @@ class Checker:
                 return
             ch.data_fault = True
             if ch.early and ch.stale in (STALE_SELECT, STALE_COMMAND):
-                self._early_report(index, ch, "data port")
+                self._early_report(index, ch, f"data port {'read' if ev.direction == 'in' else 'written'}")
                 return
             if ch.status is not None:
                 seen = f"last status {_status(ch.status)}"
