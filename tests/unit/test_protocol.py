@@ -9,6 +9,8 @@ Real records (tests/data): QEMU traces stamped with `-msg timestamp=on`
   channel 0 and a PIO read after it;
 - qemu-trace-qboot-ops.log.gz: qboot (no IDE accesses of its own), init, operations on both
   channels, SRST of channel 1, a system_reset (second boot) and more operations;
+- qemu-trace-seabios-diskboot.log.gz: SeaBIOS booting from drive 0 (no -kernel; an MBR that
+  loops): its probe, then READ SECTORS of the MBR;
 - qemu-trace-{seabios,qboot}-slave.log.gz: master and slave on the primary channel, operations
   alternating between them (PIO, DMA, flush, SRST);
 - qemu-trace-qboot-errors.log.gz: the driver's error paths: injected read and write errors (PIO
@@ -57,6 +59,7 @@ STAMPED_TRACES = (
     "qemu-trace-qboot-ops.log.gz",
     "qemu-trace-seabios-slave.log.gz",
     "qemu-trace-qboot-slave.log.gz",
+    "qemu-trace-seabios-diskboot.log.gz",
 )
 
 
