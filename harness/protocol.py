@@ -282,7 +282,9 @@ class PrdEntry:
 @dataclass(frozen=True)
 class PrdTable:
     """A PRD table as it was in guest memory when START was set: its address and its entries
-    (up to and including the first with EOT)."""
+    (up to and including the first with EOT). From a live machine, e.g. after each DMA call (or
+    at a port breakpoint on the BM Command write with START), with `addr` the value the driver
+    wrote to BM PRD: `PrdTable.from_bytes(addr, m.read_memory(addr, 8 * 16))`."""
 
     address: int
     entries: tuple[PrdEntry, ...]
@@ -1064,6 +1066,9 @@ def check(
     context: int = 3,
 ) -> list[Violation]:
     """Check a record of port accesses (either side, raw or normalized) against the rules.
+    The record must hold every access to the IDE ports (a driver-side watch of all of them, as
+    `m.watch_ports()` does by default, or a QEMU trace of ide_* and bmdma_*): the rules rely on
+    seeing each status read, and a watch of some ports only would make them fire wrongly.
 
     hardware_resets: event indices where the controller was reset before that event (see
     hardware_resets() for a parsed QEMU trace). prd_tables: the PRD table of each START, in
