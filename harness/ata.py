@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import struct
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from harness import locking
+from harness.abi import BENCH_ARG_WRITE, BENCH_MAX_ITERATIONS, SECTOR, BenchRecord, ErrorRecord, Op, Request
 from harness.checks import int_problem, is_int
 from harness.errors import AtaError, GdbError
 from harness.identify import IDENTIFY_BYTES, DriveInfo, parse_identify
 from harness.regs import AtaCode, AtaMode
-from harness.stops import Op, Request
 
 if TYPE_CHECKING:
-    from harness.machine import Machine
+    from harness.target import Target
+    from harness.transport import Mailboxes
 
-SECTOR = 512
 DEFAULT_MODE = "dma"  # what Linux uses on a PIIX3, and ~10x faster than PIO under QEMU
 MODES = {"pio": AtaMode.PIO, "dma": AtaMode.DMA}
-_ERROR_RECORD = struct.Struct("<iIIIIIIIQ")  # struct ata_error_record in guest/ata.h
-_BENCH_RESULT = struct.Struct("<iIQQQQQ")  # struct bench_result in guest/bench.h
-BENCH_ARG_WRITE = 0x80000000  # guest/bench.h: harness_request.arg's direction bit
-BENCH_MAX_ITERATIONS = 0x7FFFFFFF
 BENCH_OPS = ("read", "write")
 MAX_DRIVE = 3
 MAX_CHANNEL = 1
@@ -79,36 +75,42 @@ class Ata:
     """Calls the guest's PIIX3 driver (guest/ata.h) through GDB; data moves through the
     transfer buffer. Drives are 0..3: primary master/slave, secondary master/slave."""
 
-    def __init__(self, machine: Machine) -> None:
-        self._m = machine
+    def __init__(
+        self, transport: Mailboxes, target: Target, exclusive: Callable[[], AbstractContextManager[None]]
+    ) -> None:
+        self._io = transport
+        self._t = target
+        self._exclusive = exclusive
         self._bench_result: int | None = None  # &bench_result, resolved on first use
 
     def exclusive(self) -> AbstractContextManager[None]:
         """The machine's: one thread's calls at a time."""
-        return self._m.exclusive()
+        return self._exclusive()
+
+    def _evaluate(self, expr: str) -> int:
+        return self._t.evaluate(expr, self._io.call_timeout)
 
     # --- helpers -----------------------------------------------------------------------
     def _fail(self, code: int, drive: int, operation: str, detail: str = "") -> AtaError:
-        rec = _ERROR_RECORD.unpack(self._m.read_memory(self._m.symbol("last_error"), _ERROR_RECORD.size))
-        _code, _drive, command, status, error, bm_status, phase, _reserved, lba = rec
+        rec = ErrorRecord.unpack(self._t.read_memory(self._t.symbol("last_error"), ErrorRecord.STRUCT.size))
         if not detail and code == AtaCode.RANGE:
             detail = f"the disk has {self.sectors(drive)} sectors"
         return AtaError(
             code,
             drive=drive,
             operation=operation,
-            status=status,
-            error=error,
-            lba=lba,
-            command=command,
-            bm_status=bm_status,
-            phase=phase,
+            status=rec.status,
+            error=rec.error,
+            lba=rec.lba,
+            command=rec.command,
+            bm_status=rec.bm_status,
+            phase=rec.phase,
             detail=detail,
-            artifacts=self._m.artifact_files(),
+            artifacts=self._t.artifact_files(),
         )
 
     def _run(self, operation: str, request: Request) -> None:
-        self._check(operation, request, self._m.request(request))
+        self._check(operation, request, self._io.request(request))
 
     def _check(self, operation: str, request: Request, rc: int) -> None:
         if rc != AtaCode.OK:
@@ -120,7 +122,7 @@ class Ata:
 
     def _invalid(self, drive: int, operation: str, detail: str) -> AtaError:
         return AtaError(
-            AtaCode.INVAL, drive=drive, operation=operation, detail=detail, artifacts=self._m.artifact_files()
+            AtaCode.INVAL, drive=drive, operation=operation, detail=detail, artifacts=self._t.artifact_files()
         )
 
     def _mode(self, mode: str, drive: int, operation: str) -> AtaMode:
@@ -149,7 +151,7 @@ class Ata:
                 operation=operation,
                 lba=lba if 0 <= lba < 1 << 64 else 0,
                 detail=f"lba {lba} is out of range 0..{MAX_LBA} (the last LBA48 address)",
-                artifacts=self._m.artifact_files(),
+                artifacts=self._t.artifact_files(),
             )
         problem = int_problem("count", count, 1, MAX_COUNT)
         if problem:
@@ -158,14 +160,14 @@ class Ata:
         return lba, count
 
     def _buffer(self, nbytes: int, drive: int, operation: str) -> int:
-        size = self._m.symbol("xfer_size")
+        size = self._t.symbol("xfer_size")
         if nbytes > size:
             raise self._invalid(
                 drive,
                 operation,
                 f"{nbytes} bytes exceed the {size}-byte transfer buffer ({size // SECTOR} sectors per call)",
             )
-        return self._m.symbol("xfer_buf")
+        return self._t.symbol("xfer_buf")
 
     # --- the driver's calls --------------------------------------------------------------
     @locking.exclusive
@@ -174,7 +176,7 @@ class Ata:
         drive = self._drive(drive, "identify")
         buf = self._buffer(IDENTIFY_BYTES, drive, "identify")
         self._run("identify", Request(Op.IDENTIFY, drive=drive, buf=buf))
-        return parse_identify(drive, self._m.read_memory(buf, IDENTIFY_BYTES))
+        return parse_identify(drive, self._t.read_memory(buf, IDENTIFY_BYTES))
 
     def _read_request(self, drive: int, lba: int, count: int, mode: str) -> tuple[str, Request]:
         op = f"read {count!r:.24} sector(s) at LBA {lba!r:.24} ({mode!r:.12})"
@@ -206,27 +208,27 @@ class Ata:
         """Read count sectors from lba; bad arguments are refused before anything is sent."""
         op, req = self._read_request(drive, lba, count, mode)
         self._run(op, req)
-        return self._m.read_memory(req.buf, req.count * SECTOR)
+        return self._t.read_memory(req.buf, req.count * SECTOR)
 
     @locking.exclusive
     def write(self, drive: int, lba: int, data: Any, mode: str = DEFAULT_MODE) -> None:
         """Write data (any bytes-like object: a non-empty multiple of 512 bytes) at lba."""
         op, req, view = self._write_request(drive, lba, data, mode)
-        self._check(op, req, self._m.request(req, payload=view))
+        self._check(op, req, self._io.request(req, payload=view))
 
     @locking.exclusive
     def begin_read(self, drive: int, lba: int, count: int, mode: str = DEFAULT_MODE) -> Pending:
         """Post a read without running it: `m.cont()` stops at port breakpoints inside it,
         `.finish()` runs it to harness_ready and returns the data."""
         op, req = self._read_request(drive, lba, count, mode)
-        self._m.post(req)
+        self._io.post(req)
         return Pending(self, op, req, req.count * SECTOR)
 
     @locking.exclusive
     def begin_write(self, drive: int, lba: int, data: Any, mode: str = DEFAULT_MODE) -> Pending:
         """Post a write without running it (see begin_read); `.finish()` returns None."""
         op, req, view = self._write_request(drive, lba, data, mode)
-        self._m.post(req, payload=view)
+        self._io.post(req, payload=view)
         return Pending(self, op, req, 0)
 
     @locking.exclusive
@@ -280,42 +282,57 @@ class Ata:
         arg = iterations | (BENCH_ARG_WRITE if op == "write" else 0)
         request = Request(Op.BENCH, drive=drive, lba=lba, count=count, buf=buf, mode=m, arg=arg)
         self._run(name, request)
-        raw = _BENCH_RESULT.unpack(self._m.read_memory(self._bench_addr(), _BENCH_RESULT.size))
-        _result, done, cycles, nbytes, tsc_per_ms, min_cycles, max_cycles = raw
-        return BenchResult(drive, op, mode, count, done, cycles, nbytes, tsc_per_ms, min_cycles, max_cycles)
+        rec = BenchRecord.unpack(self._t.read_memory(self._bench_addr(), BenchRecord.STRUCT.size))
+        return BenchResult(
+            drive,
+            op,
+            mode,
+            count,
+            rec.iterations,
+            rec.cycles,
+            rec.bytes,
+            rec.tsc_per_ms,
+            rec.min_cycles,
+            rec.max_cycles,
+        )
 
     def _bench_addr(self) -> int:
-        if self._bench_result is None:
-            size = self._m.evaluate_int("sizeof(bench_result)")
-            if size != _BENCH_RESULT.size:
-                raise GdbError(
-                    f"struct bench_result is {size} bytes in the kernel, the harness expects "
-                    f"{_BENCH_RESULT.size}: rebuild with `make guest`",
-                    artifacts=self._m.artifact_files(),
-                )
-            self._bench_result = self._m.evaluate_int("(unsigned)&bench_result")
+        if self._bench_result is None:  # sizeof(bench_result) is checked at boot (abi.LAYOUTS)
+            self._bench_result = self._evaluate("(unsigned)&bench_result")
         return self._bench_result
+
+    def _finish(self, pending: Pending) -> bytes | None:
+        if not self._t.parked:
+            stop = self._io.cont()
+            if not stop.parked:
+                raise GdbError(
+                    f"{pending.operation}: the guest stopped at {stop} before finishing; "
+                    "remove the breakpoint or call m.cont() until it parks",
+                    artifacts=self._t.artifact_files(),
+                )
+        self._check(pending.operation, pending.request, self._io.result(pending.request))
+        return self._t.read_memory(pending.request.buf, pending._nbytes) if pending._nbytes else None
 
     @property
     def timeout_ms(self) -> int:
         """The driver's bound on every wait for the drive (ata_timeout_ms), in ms."""
-        return self._m.evaluate_int("ata_timeout_ms")
+        return self._evaluate("ata_timeout_ms")
 
     @timeout_ms.setter
     def timeout_ms(self, value: int) -> None:
         problem = int_problem("timeout_ms", value, 1, 600_000)
         if problem:
             raise self._invalid(0, "set timeout_ms", problem)
-        self._m.evaluate_int(f"ata_timeout_ms = {value}")
+        self._evaluate(f"ata_timeout_ms = {value}")
 
     def present(self, drive: int) -> bool:
         """The driver found an ATA disk at drive (0..3) at its last detection."""
         drive = self._drive(drive, "present")
-        return self._m.evaluate_int(f"ata_drives[{drive}].present") != 0
+        return self._evaluate(f"ata_drives[{drive}].present") != 0
 
     def sectors(self, drive: int) -> int:
         drive = self._drive(drive, "sectors")
-        return self._m.evaluate_int(f"ata_drives[{drive}].sectors")
+        return self._evaluate(f"ata_drives[{drive}].sectors")
 
     @locking.exclusive
     def drives(self) -> dict[int, DriveInfo]:
@@ -335,19 +352,5 @@ class Pending:
     def finish(self) -> bytes | None:
         """Run on to harness_ready (unless m.cont() got there already); the read's data, or
         None for a write; AtaError if the driver failed."""
-        m = self._ata._m
-        with m.exclusive():
-            return self._finish()
-
-    def _finish(self) -> bytes | None:
-        m = self._ata._m
-        if not m.parked:
-            stop = m.cont()
-            if not stop.parked:
-                raise GdbError(
-                    f"{self.operation}: the guest stopped at {stop} before finishing; "
-                    "remove the breakpoint or call m.cont() until it parks",
-                    artifacts=m.artifact_files(),
-                )
-        self._ata._check(self.operation, self.request, m.result(self.request))
-        return m.read_memory(self.request.buf, self._nbytes) if self._nbytes else None
+        with self._ata.exclusive():
+            return self._ata._finish(self)

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import procs
-from harness.ata import SECTOR, BenchResult
+from harness.abi import SECTOR
+from harness.ata import BenchResult
 from harness.disk import DiskImage
 from harness.errors import HarnessError
 from harness.machine import SNAPSHOT_MEMORY_MIB, Machine

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,11 +39,11 @@ from harness.regs import command_name
 
 if TYPE_CHECKING:
     from harness.machine import Machine
+    from harness.target import Target
 
 log = logging.getLogger(__name__)
 
 TRACE_PATTERNS = ("ide_*", "bmdma_*")  # QMP trace-event-set-state names (globs allowed)
-TRACE_FILE = "qemu-trace.log"
 
 # QEMU's log backend line: "[pid@seconds.micros:]event text"; the stamp is there with
 # `-msg timestamp=on` (gettimeofday, truncated to whole microseconds).
@@ -193,8 +193,11 @@ class DeviceTrace(ClosingContext):
     """`with m.device_trace() as dev:` records what QEMU's IDE emulation saw while active;
     afterwards `dev.events` (PortAccess, like the driver side) and `dev.actions`."""
 
-    def __init__(self, machine: Machine, patterns: Sequence[str] = TRACE_PATTERNS) -> None:
-        self._m = machine
+    def __init__(
+        self, target: Target, port_map: Callable[[], PortMap], patterns: Sequence[str] = TRACE_PATTERNS
+    ) -> None:
+        self._m = target
+        self._port_map = port_map
         self.patterns = tuple(patterns)
         self.events: list[PortAccess] = []
         self.actions: list[DeviceAction] = []
@@ -205,13 +208,13 @@ class DeviceTrace(ClosingContext):
 
     @property
     def path(self) -> Path:
-        path = self._m.trace_log
+        path = self._m.paths.trace_log if self._m.paths is not None else None
         if path is None:
             raise PortError("this machine was started without a QEMU trace file (-D)")
         return path
 
     def _set(self, enable: bool) -> None:
-        _, qemu = self._m._live()
+        _, qemu = self._m.live()
         if qemu.qmp is None:
             raise PortError("QEMU's QMP is not connected", artifacts=self._m.artifact_files())
         for pattern in self.patterns:
@@ -221,11 +224,11 @@ class DeviceTrace(ClosingContext):
         path = self.path
         self._offset = path.stat().st_size if path.exists() else 0
         self._pid = self._m.qemu.pid if self._m.qemu else None
-        self._m._device_traces += 1
+        self._m.device_traces += 1
         try:
             self._set(True)
         except BaseException:
-            self._m._device_traces -= 1
+            self._m.device_traces -= 1
             raise
         return self
 
@@ -234,7 +237,7 @@ class DeviceTrace(ClosingContext):
         if self._offset is None:
             return
         offset, self._offset = self._offset, None
-        self._m._device_traces -= 1
+        self._m.device_traces -= 1
         if self._m.qemu is None:
             return
         if self._m.qemu.pid != self._pid:
@@ -243,21 +246,17 @@ class DeviceTrace(ClosingContext):
                 "QEMU process",
                 artifacts=[self.path],
             )
-        if self._m._device_traces == 0:
+        if self._m.device_traces == 0:
             self._set(False)
         with open(self.path, "rb") as f:
             f.seek(offset)
             text = f.read().decode(errors="replace")
         self.lines = text.splitlines()
-        rec = parse_trace(self.lines, self._m.ports.port_map())
+        rec = parse_trace(self.lines, self._port_map())
         self.events, self.actions, self.unparsed = rec.events, rec.actions, rec.unparsed
 
     def __str__(self) -> str:
         return "\n".join(str(e) for e in normalize(self.events))
-
-
-def actions_text(actions: Sequence[DeviceAction]) -> str:
-    return "; ".join(str(a) for a in actions)
 
 
 # --- one operation, recorded from both sides (piix3 trace) ------------------------------------

@@ -25,8 +25,8 @@ from harness.regs import command_name, decode_error, decode_status
 
 if TYPE_CHECKING:
     from harness.gdbmi import GdbMi
-    from harness.machine import Machine
     from harness.stops import Stop
+    from harness.target import Target
 
 log = logging.getLogger(__name__)
 
@@ -438,21 +438,26 @@ def _mi_quote(text: str) -> str:
 class PortsAgent:
     """Loads gdb_ports_agent.py into the machine's GDB and talks to it; one per Machine."""
 
-    def __init__(self, machine: Machine) -> None:
-        self._m = machine
+    def __init__(self, target: Target) -> None:
+        self._m = target
         self._gdb: GdbMi | None = None
         self._map: PortMap | None = None
         self._map_boot = -1
         self.watchers: dict[int, str] = {}  # agent id -> what it watches, while active
         self.pending: list[PortWatch] = []  # watches entered but not armed: the guest has not run
         self._errors_seen = 0
+        target.resume_hooks.append(self.arm_pending)  # watches arm when the guest next runs
+        target.stop_hooks.append(self._explain_if_watching)
+
+    def _explain_if_watching(self, stop: Stop) -> Stop:
+        return self.explain(stop) if self.active else stop
 
     @property
     def active(self) -> bool:
         return bool(self.watchers)
 
     def _loaded(self) -> GdbMi:
-        gdb, qemu = self._m._live()
+        gdb, qemu = self._m.live()
         if self._gdb is not gdb:
             gdb.command(
                 f"-interpreter-exec console {_mi_quote(f'source {AGENT_PATH}')}", alive=qemu.check_alive
@@ -465,7 +470,7 @@ class PortsAgent:
     def call(self, action: str, args: dict[str, Any] | None = None, timeout: float = AGENT_TIMEOUT) -> Any:
         """One request to the agent; its JSON reply."""
         gdb = self._loaded()
-        _, qemu = self._m._live()
+        _, qemu = self._m.live()
         command = f"piix3-ports {action}"
         if args is not None:
             command += " " + json.dumps(args).encode().hex()
@@ -496,7 +501,7 @@ class PortsAgent:
         """The PIIX3 map with the bus-master base the driver uses (read once per boot)."""
         if self._map is None or self._map_boot != self._m.boots:
             try:
-                base = self._m.evaluate_int("'ata.c'::channels[0].bm") & 0xFFFC  # the driver's own
+                base = self._m.evaluate("'ata.c'::channels[0].bm", AGENT_TIMEOUT) & 0xFFFC  # the driver's own
             except HarnessError:
                 base = 0
             self._map = PortMap(base or BMIBA_DEFAULT)

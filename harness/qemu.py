@@ -91,9 +91,20 @@ class QemuConfig:
                 )
 
 
+# The names of a machine's files: spelled here and nowhere else.
+SERIAL_LOG = "serial.log"  # the guest's COM1
+QEMU_LOG = "qemu.log"  # QEMU's stdout and stderr
+QEMU_CMDLINE = "qemu.cmdline"
+GDB_LOG = "gdb-mi.log"  # the GDB/MI transcript
+GDB_CMDLINE = "gdb.cmdline"
+HANG_FILE = "hang.txt"  # evidence from a call that did not return
+LOG_FILES = (SERIAL_LOG, QEMU_LOG, TRACE_LOG_NAME, GDB_LOG, QEMU_CMDLINE, GDB_CMDLINE, HANG_FILE)
+
+
 @dataclass(frozen=True)
 class QemuPaths:
-    """Where one QEMU process keeps its sockets, RAM and logs."""
+    """Where one machine keeps its sockets, RAM and generated files (the private rundir) and
+    its logs (the artifacts directory)."""
 
     qmp_socket: Path
     gdb_socket: Path
@@ -103,20 +114,30 @@ class QemuPaths:
     cmdline: Path
     rundir: Path | None = None  # where generated files (blkdebug rules) go
     trace_log: Path | None = None  # QEMU's log file (-D): trace events, switched on at runtime
+    gdb_log: Path | None = None
+    gdb_cmdline: Path | None = None
+    hang_file: Path | None = None
 
     @classmethod
     def under(cls, rundir: Path, logs: Path) -> QemuPaths:
-        """Sockets and RAM in the private rundir, logs and the command line in logs."""
+        """Sockets and RAM in the private rundir, logs and the command lines in logs."""
         return cls(
             qmp_socket=rundir / "qmp.sock",
             gdb_socket=rundir / "gdb.sock",
             ram_file=rundir / "ram",
-            serial_log=logs / "serial.log",
-            qemu_log=logs / "qemu.log",
-            cmdline=logs / "qemu.cmdline",
+            serial_log=logs / SERIAL_LOG,
+            qemu_log=logs / QEMU_LOG,
+            cmdline=logs / QEMU_CMDLINE,
             rundir=rundir,
             trace_log=logs / TRACE_LOG_NAME,
+            gdb_log=logs / GDB_LOG,
+            gdb_cmdline=logs / GDB_CMDLINE,
+            hang_file=logs / HANG_FILE,
         )
+
+    def blkdebug_rules(self, drive: int) -> Path:
+        """The blkdebug rules file for one drive's faults."""
+        return (self.rundir or self.ram_file.parent) / f"blkdebug{drive}.conf"
 
 
 def _opt(path: Path) -> str:
@@ -176,7 +197,7 @@ def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
         node = f"disk{drive}"
         file_node: dict[str, object] = {"driver": "file", "filename": str(disk.path)}
         if drive in cfg.faults:
-            rules = (paths.rundir or paths.ram_file.parent) / f"blkdebug{drive}.conf"
+            rules = paths.blkdebug_rules(drive)
             file_node = {"driver": "blkdebug", "config": str(rules), "image": file_node}
         top = {"driver": disk.format, "node-name": node, "file": file_node}
         argv += [
@@ -224,8 +245,7 @@ class QemuProcess:
         for disk in self.config.disks.values():
             disk.validate()
         for drive, faults in self.config.faults.items():
-            rules = (self.paths.rundir or self.paths.ram_file.parent) / f"blkdebug{drive}.conf"
-            rules.write_text(blkdebug_config(faults))
+            self.paths.blkdebug_rules(drive).write_text(blkdebug_config(faults))
         artifacts.write_text(self.paths.cmdline, " ".join(self.argv) + "\n")
         for name in (self.paths.serial_log, self.paths.trace_log):  # QEMU opens these by name
             if name is not None:

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 SHM_ROOT = Path("/dev/shm")
 PREFIX = "piix3-"
+SOCKET_PATH_MAX = 107  # bytes in a unix socket's path (sun_path holds 108 with the NUL)
+LONGEST_NAME = "qmp.sock"  # the longest name placed in a run directory
 _NAME = re.compile(r"^piix3-(\d+)\.(\d+)-[A-Za-z0-9_]+$")
 
 
@@ -55,6 +57,12 @@ def make(root: Path | None = None) -> Path:
     except OSError as exc:
         raise ConfigError(f"cannot make a private run directory in {base}: {exc.strerror}") from None
     path.chmod(0o700)
+    if len(os.fsencode(path / LONGEST_NAME)) > SOCKET_PATH_MAX:
+        path.rmdir()
+        raise ConfigError(
+            f"run directories under {base} would give socket paths longer than {SOCKET_PATH_MAX} bytes; "
+            "set TMPDIR to a shorter directory"
+        )
     return path
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,7 +160,8 @@ def test_a_full_dev_shm_falls_back_and_then_refuses(
     reserved before QEMU starts: it goes where there is room, or fails with a typed error."""
     disk = DiskImage.create(tmp_path / "d.img", size_mib=8)
     other = DiskImage.create(tmp_path / "e.img", size_mib=8)
-    with small_tmpfs(tmp_path / "shm", "48m") as shm, small_tmpfs(tmp_path / "tmp", "80m") as tmp:
+    base = Path(tempfile.mkdtemp(prefix="p3-", dir="/tmp"))  # short: sockets go in there
+    with small_tmpfs(base / "shm", "48m") as shm, small_tmpfs(base / "tmp", "80m") as tmp:
         monkeypatch.setattr(rundir, "SHM_ROOT", shm)
         monkeypatch.setattr(tempfile, "tempdir", str(tmp))
         m = machine_factory(disks=[disk], memory_mib=64)  # 64 MiB cannot fit in 48: falls back
@@ -170,6 +172,7 @@ def test_a_full_dev_shm_falls_back_and_then_refuses(
         assert m.read_memory((64 << 20) - SECTOR, SECTOR) == b"\x01" * SECTOR
         m.close()
         assert not list(shm.iterdir()) and not list(tmp.iterdir()), "files left behind"
+    shutil.rmtree(base)
 
 
 def test_enospc_is_reported_to_the_guest(machine_factory: MachineFactory, tmp_path: Path) -> None:

@@ -27,8 +27,8 @@ from harness import (
     QemuError,
     procs,
 )
+from harness.abi import Op, Request
 from harness.pytest_plugin import MachineFactory
-from harness.stops import Op, Request
 
 pytestmark = pytest.mark.qemu
 SECTOR = 512

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from harness import AtaCode, AtaError, DiskImage, GdbError, HarnessError, Machine
+from harness.abi import Op, Request
 from harness.devtrace import DeviceAction
 from harness.ports import PortAccess, PortError, compare, normalize
 from harness.pytest_plugin import MachineFactory
 from harness.regs import AtaMode
-from harness.stops import Op, Request
 
 pytestmark = pytest.mark.qemu
 
