@@ -338,6 +338,8 @@ class DiskImage:
         fd = self._open(os.O_RDONLY)  # a block device: stat does not know its size
         try:
             return os.lseek(fd, 0, os.SEEK_END)
+        except OSError as exc:
+            raise DiskImageError(f"the size of {self.path}: {exc.strerror}") from None
         finally:
             os.close(fd)
 
@@ -395,6 +397,8 @@ class DiskImage:
             fd = self._open(os.O_RDONLY)
             try:
                 data = _pread_all(fd, want, lba * SECTOR)
+            except OSError as exc:
+                raise DiskImageError(f"reading LBA {lba} of {self.path}: {exc.strerror}") from None
             finally:
                 os.close(fd)
         else:
@@ -413,10 +417,13 @@ class DiskImage:
             **self.blockdev_extra(),
         }
         spec = {"driver": "raw", "offset": offset, "size": length, "file": qcow2}
-        with tempfile.TemporaryDirectory(prefix="piix3-read-") as tmp:
-            out = Path(tmp) / "range.raw"
-            _qemu_img(["convert", "-U", "-f", "raw", "json:" + json.dumps(spec), "-O", "raw", str(out)])
-            return out.read_bytes()
+        try:
+            with tempfile.TemporaryDirectory(prefix="piix3-read-") as tmp:
+                out = Path(tmp) / "range.raw"
+                _qemu_img(["convert", "-U", "-f", "raw", "json:" + json.dumps(spec), "-O", "raw", str(out)])
+                return out.read_bytes()
+        except OSError as exc:
+            raise DiskImageError(f"reading {self.path} through a temporary file: {exc}") from None
 
     def write_sectors(self, lba: int, data: bytes) -> None:
         """Write sectors host-side (raw images only), for setting up a test's starting state."""

@@ -518,3 +518,15 @@ def test_create_under_a_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(DiskImageError) as e:
         DiskImage.create(tmp_path / "file" / "d.img", size_mib=1)
     assert str(tmp_path / "file") in str(e.value)
+
+
+def test_read_and_write_io_errors_name_the_path(raw: DiskImage, monkeypatch: pytest.MonkeyPatch) -> None:
+    def eio(*args: object) -> bytes:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "pread", eio)
+    monkeypatch.setattr(os, "pwrite", eio)
+    for use in (lambda: raw.read_sectors(0), lambda: raw.write_sectors(0, bytes(SECTOR))):
+        with pytest.raises(DiskImageError, match="Input/output error") as e:
+            use()
+        assert str(raw.path) in str(e.value)
