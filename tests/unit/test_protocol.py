@@ -11,6 +11,9 @@ Real records (tests/data): QEMU traces stamped with `-msg timestamp=on`
   channels, SRST of channel 1, a system_reset (second boot) and more operations;
 - qemu-trace-seabios-diskboot.log.gz: SeaBIOS booting from drive 0 (no -kernel; an MBR that
   loops): its probe, then READ SECTORS of the MBR;
+- qemu-trace-seabios-cdrom.log.gz: a disk on drive 0 and CD-ROMs on drives 1 (with a disc) and 2
+  (empty): SeaBIOS's ATAPI probe and PACKET commands (a 2048-byte data block, interleaved with
+  the other channel's probe), then the driver's IDENTIFY aborted by the ATAPI devices;
 - qemu-trace-{seabios,qboot}-slave.log.gz: master and slave on the primary channel, operations
   alternating between them (PIO, DMA, flush, SRST);
 - qemu-trace-qboot-errors.log.gz: the driver's error paths: injected read and write errors (PIO
@@ -60,6 +63,7 @@ STAMPED_TRACES = (
     "qemu-trace-seabios-slave.log.gz",
     "qemu-trace-qboot-slave.log.gz",
     "qemu-trace-seabios-diskboot.log.gz",
+    "qemu-trace-seabios-cdrom.log.gz",
 )
 
 
