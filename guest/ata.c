@@ -14,6 +14,7 @@
  */
 #include <stddef.h>
 #include "ata.h"
+#include "ata_io.h"
 #include "pci.h"
 #include "piix3.h"
 #include "serial.h"
@@ -26,11 +27,6 @@
 #define ATA_SRST_SETTLE_US 2000
 #define LBA28_LIMIT (1ull << 28)
 
-struct ata_channel {
-	uint16_t cmd;		/* command block base */
-	uint16_t ctrl;		/* control block base */
-	uint16_t bm;		/* this channel's bus-master registers, 0 if none */
-};
 
 struct ata_drive ata_drives[ATA_MAX_DRIVES];
 struct ata_error_record ata_last_error;
@@ -42,6 +38,8 @@ static struct ata_channel channels[2];
 static int probing;	/* detection in progress: a missing drive is no error worth logging */
 static uint32_t prd_table[ATA_PRD_ENTRIES * 2] __attribute__((aligned(4096)));
 static uint16_t detect_buf[256];
+
+/**** Registers: every access goes through ata_io.h, by the register names of piix3.h ****/
 
 static struct ata_channel *chan_of(int drive)
 {
@@ -63,18 +61,18 @@ static void delay400(const struct ata_channel *ch)
 /* LBA the drive left in the task file (after an error it names the failing sector). */
 static uint64_t taskfile_lba(const struct ata_channel *ch, int lba48)
 {
-	uint64_t lo = inb((uint16_t)(ch->cmd + ATA_CB_SN)) |
-		      (uint32_t)inb((uint16_t)(ch->cmd + ATA_CB_CL)) << 8 |
-		      (uint32_t)inb((uint16_t)(ch->cmd + ATA_CB_CH)) << 16;
+	uint64_t lo = cmd_in(ch, ATA_CB_SN) | (uint32_t)cmd_in(ch, ATA_CB_CL) << 8 |
+		      (uint32_t)cmd_in(ch, ATA_CB_CH) << 16;
 	if (!lba48)
-		return lo | (uint64_t)(inb((uint16_t)(ch->cmd + ATA_CB_DH)) & 0x0F) << 24;
-	outb((uint16_t)(ch->ctrl + ATA_CB_DC), ATA_CB_DC_NIEN | ATA_CB_DC_HOB);
-	uint64_t hi = inb((uint16_t)(ch->cmd + ATA_CB_SN)) |
-		      (uint32_t)inb((uint16_t)(ch->cmd + ATA_CB_CL)) << 8 |
-		      (uint32_t)inb((uint16_t)(ch->cmd + ATA_CB_CH)) << 16;
-	outb((uint16_t)(ch->ctrl + ATA_CB_DC), ATA_CB_DC_NIEN);
+		return lo | (uint64_t)(cmd_in(ch, ATA_CB_DH) & 0x0F) << 24;
+	ctl_out(ch, ATA_CB_DC_NIEN | ATA_CB_DC_HOB);
+	uint64_t hi = cmd_in(ch, ATA_CB_SN) | (uint32_t)cmd_in(ch, ATA_CB_CL) << 8 |
+		      (uint32_t)cmd_in(ch, ATA_CB_CH) << 16;
+	ctl_out(ch, ATA_CB_DC_NIEN);
 	return lo | hi << 24;
 }
+
+/**** Errors: the record the harness reads, filled before anything can fail ****/
 
 /* Start a call's error record: what is being attempted, before anything can fail. */
 static void begin(int drive, uint32_t command, uint64_t lba)
@@ -95,10 +93,10 @@ static int fail(int code)
 static int fail_hw(int code, const struct ata_channel *ch, uint8_t status, uint32_t phase, int lba48)
 {
 	ata_last_error.status = status;
-	ata_last_error.error = inb((uint16_t)(ch->cmd + ATA_CB_ERR));
+	ata_last_error.error = cmd_in(ch, ATA_CB_ERR);
 	ata_last_error.phase = phase;
 	if (ch->bm)
-		ata_last_error.bm_status = inb((uint16_t)(ch->bm + BM_STATUS));
+		ata_last_error.bm_status = bm_in(ch, BM_STATUS);
 	if (code == ATA_ERR_DEVICE)
 		ata_last_error.lba = taskfile_lba(ch, lba48);
 	if (!probing)
@@ -108,6 +106,8 @@ static int fail_hw(int code, const struct ata_channel *ch, uint8_t status, uint3
 		ata_last_error.error, ata_last_error.lba, phase);
 	return fail(code);
 }
+
+/**** Commands: bounded waits, selection, and one task file for every command ****/
 
 /* Wait until (status & mask) == want, at most timeout_us; the last status goes to *st. */
 static int wait_status(const struct ata_channel *ch, uint8_t mask, uint8_t want, uint64_t timeout_us,
@@ -158,51 +158,63 @@ static int select_drive(int drive, uint8_t dh_extra)
 	uint8_t st;
 	if (wait_status(ch, ATA_CB_STAT_BSY | ATA_CB_STAT_DRQ, 0, timeout_us(), &st))
 		return fail_hw(ATA_ERR_TIMEOUT, ch, st, ATA_PHASE_SELECT, 0);
-	outb((uint16_t)(ch->cmd + ATA_CB_DH),
-	     (uint8_t)(ATA_CB_DH_OBS | ATA_CB_DH_LBA | ((drive & 1) ? ATA_CB_DH_DEV1 : 0) | dh_extra));
+	cmd_out(ch, ATA_CB_DH,
+		(uint8_t)(ATA_CB_DH_OBS | ATA_CB_DH_LBA | ((drive & 1) ? ATA_CB_DH_DEV1 : 0) | dh_extra));
 	delay400(ch);
 	if (wait_status(ch, ATA_CB_STAT_BSY | ATA_CB_STAT_DRQ, 0, timeout_us(), &st))
 		return fail_hw(ATA_ERR_TIMEOUT, ch, st, ATA_PHASE_SELECT, 0);
 	return ATA_OK;
 }
 
-/* Load the task file and write the command. count 0 means 256 (LBA28) or 65536 (LBA48). */
-static int issue(int drive, uint8_t command, uint64_t lba, uint32_t count, int lba48, uint8_t feature)
+/* What one command puts in the task file. */
+struct ata_taskfile {
+	uint8_t command;
+	uint8_t feature;
+	uint32_t count;		/* 0 means 256 (LBA28) or 65536 (LBA48) */
+	uint64_t lba;
+	int lba48;		/* an EXT command: HOB bytes first */
+};
+
+/* Select the drive, load the task file and write the command. */
+static int send_cmd(int drive, const struct ata_taskfile *tf)
 {
 	struct ata_channel *ch = chan_of(drive);
-	int rc = select_drive(drive, lba48 ? 0 : (uint8_t)((lba >> 24) & 0x0F));
+	int rc = select_drive(drive, tf->lba48 ? 0 : (uint8_t)((tf->lba >> 24) & 0x0F));
 	if (rc)
 		return rc;
-	if (lba48) {
-		outb((uint16_t)(ch->cmd + ATA_CB_FR), 0);
-		outb((uint16_t)(ch->cmd + ATA_CB_SC), (uint8_t)(count >> 8));
-		outb((uint16_t)(ch->cmd + ATA_CB_SN), (uint8_t)(lba >> 24));
-		outb((uint16_t)(ch->cmd + ATA_CB_CL), (uint8_t)(lba >> 32));
-		outb((uint16_t)(ch->cmd + ATA_CB_CH), (uint8_t)(lba >> 40));
+	if (tf->lba48) {
+		cmd_out(ch, ATA_CB_FR, 0);
+		cmd_out(ch, ATA_CB_SC, (uint8_t)(tf->count >> 8));
+		cmd_out(ch, ATA_CB_SN, (uint8_t)(tf->lba >> 24));
+		cmd_out(ch, ATA_CB_CL, (uint8_t)(tf->lba >> 32));
+		cmd_out(ch, ATA_CB_CH, (uint8_t)(tf->lba >> 40));
 	}
-	outb((uint16_t)(ch->cmd + ATA_CB_FR), feature);
-	outb((uint16_t)(ch->cmd + ATA_CB_SC), (uint8_t)count);
-	outb((uint16_t)(ch->cmd + ATA_CB_SN), (uint8_t)lba);
-	outb((uint16_t)(ch->cmd + ATA_CB_CL), (uint8_t)(lba >> 8));
-	outb((uint16_t)(ch->cmd + ATA_CB_CH), (uint8_t)(lba >> 16));
-	outb((uint16_t)(ch->cmd + ATA_CB_CMD), command);
+	cmd_out(ch, ATA_CB_FR, tf->feature);
+	cmd_out(ch, ATA_CB_SC, (uint8_t)tf->count);
+	cmd_out(ch, ATA_CB_SN, (uint8_t)tf->lba);
+	cmd_out(ch, ATA_CB_CL, (uint8_t)(tf->lba >> 8));
+	cmd_out(ch, ATA_CB_CH, (uint8_t)(tf->lba >> 16));
+	cmd_out(ch, ATA_CB_CMD, tf->command);
 	delay400(ch);
 	return ATA_OK;
 }
 
-/* A command without data: issue, wait for completion, check status. */
+/* A command without data: send, wait for completion, check status. */
 static int nondata(int drive, uint8_t command, uint8_t feature, uint32_t count)
 {
 	struct ata_channel *ch = chan_of(drive);
-	int rc = issue(drive, command, 0, count, 0, feature);
+	const struct ata_taskfile tf = { .command = command, .feature = feature, .count = count };
+	int rc = send_cmd(drive, &tf);
 	if (rc)
 		return rc;
 	rc = wait_ready(ch, ATA_PHASE_COMPLETE, 0);
-	inb((uint16_t)(ch->cmd + ATA_CB_STAT));	/* acknowledge */
+	cmd_in(ch, ATA_CB_STAT);	/* acknowledge */
 	return rc;
 }
 
-/* Argument checks shared by every call on a drive: nothing touches a port before them. */
+/**** Argument checks: nothing touches a port before them ****/
+
+/* Argument checks shared by every call on a drive. */
 static int check_drive(int drive)
 {
 	if (drive < 0 || drive >= ATA_MAX_DRIVES)
@@ -245,6 +257,8 @@ static int needs_lba48(uint64_t lba, uint32_t count)
 	return lba + count > LBA28_LIMIT || count > ATA_MAX_COUNT_LBA28;
 }
 
+/**** PIO transfers ****/
+
 static int pio_xfer(int drive, uint64_t lba, uint32_t count, uint8_t *buf, int writing)
 {
 	struct ata_channel *ch = chan_of(drive);
@@ -259,7 +273,8 @@ static int pio_xfer(int drive, uint64_t lba, uint32_t count, uint8_t *buf, int w
 		command = writing ? (lba48 ? ATA_CMD_WRITE_SECTORS_EXT : ATA_CMD_WRITE_SECTORS)
 				  : (lba48 ? ATA_CMD_READ_SECTORS_EXT : ATA_CMD_READ_SECTORS);
 	ata_last_error.command = command;
-	int rc = issue(drive, command, lba, count, lba48, 0);
+	const struct ata_taskfile tf = { .command = command, .count = count, .lba = lba, .lba48 = lba48 };
+	int rc = send_cmd(drive, &tf);
 	if (rc)
 		return rc;
 	for (uint32_t done = 0; done < count;) {
@@ -275,9 +290,11 @@ static int pio_xfer(int drive, uint64_t lba, uint32_t count, uint8_t *buf, int w
 		done += n;
 	}
 	rc = wait_ready(ch, ATA_PHASE_COMPLETE, lba48);
-	inb((uint16_t)(ch->cmd + ATA_CB_STAT));	/* acknowledge */
+	cmd_in(ch, ATA_CB_STAT);	/* acknowledge */
 	return rc;
 }
+
+/**** Bus-master DMA transfers ****/
 
 /* Fill the PRD table for [addr, addr+bytes): no entry crosses 64 KiB, EOT on the last. */
 static int build_prd(uint32_t addr, uint32_t bytes)
@@ -310,19 +327,19 @@ static int dma_xfer(int drive, uint64_t lba, uint32_t count, uint8_t *buf, int w
 	int rc = build_prd((uint32_t)(uintptr_t)buf, count * ATA_SECTOR_SIZE);
 	if (rc)
 		return rc;
-	outb((uint16_t)(ch->bm + BM_CMD), 0);
-	outb((uint16_t)(ch->bm + BM_STATUS),
-	     (uint8_t)(inb((uint16_t)(ch->bm + BM_STATUS)) | BM_STATUS_ERR | BM_STATUS_INTR));
+	bm_out(ch, BM_CMD, 0);
+	bm_out(ch, BM_STATUS, (uint8_t)(bm_in(ch, BM_STATUS) | BM_STATUS_ERR | BM_STATUS_INTR));
 	outl((uint16_t)(ch->bm + BM_PRDT), (uint32_t)(uintptr_t)prd_table);
-	outb((uint16_t)(ch->bm + BM_CMD), dir);
-	rc = issue(drive, command, lba, count, lba48, 0);
+	bm_out(ch, BM_CMD, dir);
+	const struct ata_taskfile tf = { .command = command, .count = count, .lba = lba, .lba48 = lba48 };
+	rc = send_cmd(drive, &tf);
 	if (rc)
 		return rc;
-	outb((uint16_t)(ch->bm + BM_CMD), (uint8_t)(dir | BM_CMD_START));
+	bm_out(ch, BM_CMD, (uint8_t)(dir | BM_CMD_START));
 	uint64_t deadline = deadline_after_us(timeout_us());
 	uint8_t bms, st;
 	for (;;) {
-		bms = inb((uint16_t)(ch->bm + BM_STATUS));
+		bms = bm_in(ch, BM_STATUS);
 		st = alt_status(ch);
 		if (!(bms & BM_STATUS_ACTIVE) && !(st & ATA_CB_STAT_BSY))
 			break;
@@ -334,14 +351,16 @@ static int dma_xfer(int drive, uint64_t lba, uint32_t count, uint8_t *buf, int w
 			return fail_hw(ATA_ERR_TIMEOUT, ch, st, ATA_PHASE_DMA, lba48);
 		}
 	}
-	outb((uint16_t)(ch->bm + BM_CMD), dir);	/* stop the engine */
+	bm_out(ch, BM_CMD, dir);	/* stop the engine */
 	if (st & (ATA_CB_STAT_ERR | ATA_CB_STAT_DF))
-		return fail_hw(ATA_ERR_DEVICE, ch, inb((uint16_t)(ch->cmd + ATA_CB_STAT)), ATA_PHASE_DMA, lba48);
-	inb((uint16_t)(ch->cmd + ATA_CB_STAT));	/* acknowledge */
+		return fail_hw(ATA_ERR_DEVICE, ch, cmd_in(ch, ATA_CB_STAT), ATA_PHASE_DMA, lba48);
+	cmd_in(ch, ATA_CB_STAT);	/* acknowledge */
 	if (bms & BM_STATUS_ERR)
 		return fail_hw(ATA_ERR_DMA, ch, st, ATA_PHASE_DMA, lba48);
 	return ATA_OK;
 }
+
+/**** The calls: read, write, identify, flush, write cache ****/
 
 int ata_read(int drive, uint64_t lba, uint32_t count, void *buf, int mode)
 {
@@ -368,7 +387,8 @@ int ata_write(int drive, uint64_t lba, uint32_t count, const void *buf, int mode
 static int identify_into(int drive, uint16_t *buf)
 {
 	struct ata_channel *ch = chan_of(drive);
-	int rc = issue(drive, ATA_CMD_IDENTIFY, 0, 0, 0, 0);
+	const struct ata_taskfile tf = { .command = ATA_CMD_IDENTIFY };
+	int rc = send_cmd(drive, &tf);
 	if (rc)
 		return rc;
 	rc = wait_drq(ch, 0);
@@ -376,7 +396,7 @@ static int identify_into(int drive, uint16_t *buf)
 		return rc;
 	insl((uint16_t)(ch->cmd + ATA_CB_DATA), buf, ATA_SECTOR_SIZE / 4);
 	rc = wait_ready(ch, ATA_PHASE_COMPLETE, 0);
-	inb((uint16_t)(ch->cmd + ATA_CB_STAT));	/* acknowledge */
+	cmd_in(ch, ATA_CB_STAT);	/* acknowledge */
 	return rc;
 }
 
@@ -413,6 +433,8 @@ int ata_set_write_cache(int drive, int enabled)
 		       enabled ? ATA_SF_ENABLE_WCACHE : ATA_SF_DISABLE_WCACHE, 0);
 }
 
+/**** Detection: which positions hold an ATA disk ****/
+
 static void copy_id_string(char *dst, const uint16_t *id, int word, int words)
 {
 	int n = 0;
@@ -432,7 +454,7 @@ static void detect(int drive)
 	struct ata_drive *d = &ata_drives[drive];
 	uint8_t st;
 	*d = (struct ata_drive){0};
-	outb((uint16_t)(ch->cmd + ATA_CB_DH), (uint8_t)(ATA_CB_DH_OBS | ((drive & 1) ? ATA_CB_DH_DEV1 : 0)));
+	cmd_out(ch, ATA_CB_DH, (uint8_t)(ATA_CB_DH_OBS | ((drive & 1) ? ATA_CB_DH_DEV1 : 0)));
 	delay400(ch);
 	st = alt_status(ch);
 	if (st == 0x00 || st == 0xFF)
@@ -444,7 +466,7 @@ static void detect(int drive)
 	int rc = identify_into(drive, detect_buf);
 	probing = 0;
 	if (rc) {
-		uint8_t cl = inb((uint16_t)(ch->cmd + ATA_CB_CL)), chh = inb((uint16_t)(ch->cmd + ATA_CB_CH));
+		uint8_t cl = cmd_in(ch, ATA_CB_CL), chh = cmd_in(ch, ATA_CB_CH);
 		if (cl == 0x14 && chh == 0xEB)
 			kprintf("ata: drive %d: ATAPI device, not a disk; ignored\n", drive);
 		ata_last_error = (struct ata_error_record){0};
@@ -482,8 +504,10 @@ static void detect_channel(int channel)
 		else
 			kprintf("ata: drive %d (%s): none\n", drive, drive_names[drive]);
 	}
-	outb((uint16_t)(channels[channel].cmd + ATA_CB_DH), ATA_CB_DH_OBS);	/* leave master selected */
+	cmd_out(&channels[channel], ATA_CB_DH, ATA_CB_DH_OBS);	/* leave master selected */
 }
+
+/**** Soft reset ****/
 
 int ata_reset_channel(int channel)
 {
@@ -493,9 +517,9 @@ int ata_reset_channel(int channel)
 	if (!channels[0].cmd)
 		return fail(ATA_ERR_NOCTRL);
 	struct ata_channel *ch = &channels[channel];
-	outb((uint16_t)(ch->ctrl + ATA_CB_DC), ATA_CB_DC_NIEN | ATA_CB_DC_SRST);
+	ctl_out(ch, ATA_CB_DC_NIEN | ATA_CB_DC_SRST);
 	udelay(ATA_SRST_PULSE_US);
-	outb((uint16_t)(ch->ctrl + ATA_CB_DC), ATA_CB_DC_NIEN);
+	ctl_out(ch, ATA_CB_DC_NIEN);
 	udelay(ATA_SRST_SETTLE_US);
 	uint8_t st = alt_status(ch);
 	if (st != 0x00 && st != 0xFF && wait_status(ch, ATA_CB_STAT_BSY, 0, timeout_us(), &st))
@@ -504,6 +528,8 @@ int ata_reset_channel(int channel)
 	detect_channel(channel);
 	return ATA_OK;
 }
+
+/**** Discovery: the PCI function and its channels ****/
 
 /* Find the PIIX3 IDE function, make its I/O and bus mastering usable, set up both channels. */
 static int piix3_setup(void)
@@ -557,11 +583,11 @@ int ata_init(void)
 	if (rc)
 		return rc;
 	for (int c = 0; c < 2; c++) {
-		outb((uint16_t)(channels[c].ctrl + ATA_CB_DC), ATA_CB_DC_NIEN);
+		ctl_out(&channels[c], ATA_CB_DC_NIEN);
 		detect_channel(c);
 		uint8_t capable = (uint8_t)((ata_drives[2 * c].present ? BM_STATUS_DRV0_DMA : 0) |
 					    (ata_drives[2 * c + 1].present ? BM_STATUS_DRV1_DMA : 0));
-		outb((uint16_t)(channels[c].bm + BM_STATUS), (uint8_t)(capable | BM_STATUS_ERR | BM_STATUS_INTR));
+		bm_out(&channels[c], BM_STATUS, (uint8_t)(capable | BM_STATUS_ERR | BM_STATUS_INTR));
 	}
 	return ATA_OK;
 }

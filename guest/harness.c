@@ -80,11 +80,6 @@ uint32_t harness_inb(uint32_t port)
 	return inb((uint16_t)port);
 }
 
-void harness_outb(uint32_t port, uint32_t value)
-{
-	outb((uint16_t)port, (uint8_t)value);
-}
-
 uint32_t harness_inl(uint32_t port)
 {
 	return inl((uint16_t)port);

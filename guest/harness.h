@@ -47,7 +47,6 @@ extern int harness_init_status;
 void harness_ready(void);
 void harness_dispatch(void);
 uint32_t harness_inb(uint32_t port);
-void harness_outb(uint32_t port, uint32_t value);
 uint32_t harness_inl(uint32_t port);
 uint32_t harness_pci_read32(uint32_t bdf, uint32_t off);
 

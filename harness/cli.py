@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from harness import message
+from harness import check_trace, message
 from harness.disk import MAX_IMAGE_BYTES, MIB, SECTOR, DiskImage, DiskImageError
 from harness.errors import HarnessError, raise_terminated
 from harness.machine import Machine
@@ -469,6 +469,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite", action="store_true", help="also time the whole test suite serial vs -n auto (minutes)"
     )
     b.set_defaults(func=cmd_bench)
+
+    ct = sub.add_parser(
+        "check-trace",
+        help="check a QEMU IDE trace log against the ATA and PIIX3 protocol rules",
+        description="Reads a log recorded with -trace 'ide_*' -trace 'bmdma_*' -msg timestamp=on -D FILE; "
+        "exit 0 clean, 1 violations, 2 unreadable input.",
+    )
+    check_trace.add_arguments(ct)
+    ct.set_defaults(func=check_trace.run)
     return p
 
 

@@ -171,6 +171,8 @@ def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
         "-no-user-config",
         "-display",
         "none",
+        "-msg",
+        "timestamp=on",  # trace events carry µs stamps: the protocol checker times SRST with them
         "-S",
         "-kernel",
         str(cfg.kernel),
@@ -199,7 +201,7 @@ def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
         if drive in cfg.faults:
             rules = paths.blkdebug_rules(drive)
             file_node = {"driver": "blkdebug", "config": str(rules), "image": file_node}
-        top = {"driver": disk.format, "node-name": node, "file": file_node}
+        top = {"driver": disk.format, "node-name": node, "file": file_node, **disk.blockdev_extra()}
         argv += [
             "-blockdev",
             json.dumps(top, separators=(",", ":")),

@@ -95,7 +95,7 @@ def test_piix3_debug_session(tmp_path: Path) -> None:
         assert re.search(r"port breakpoint 1: 0x1f7 out value 0xea \(\d+ instruction breakpoints\)", made)
         stopped = gdb.run("call ata_flush(0)")
         assert "port breakpoint 1: out 0x01f7 <- 0xea" in stopped and "FLUSH CACHE EXT" in stopped, stopped
-        assert "at issue (ata.c:" in stopped
+        assert "at send_cmd (ata.c:" in stopped
         assert "nondata" in gdb.run("bt")
         assert "deleted 1 port breakpoint(s); 0 instruction breakpoints remain" in gdb.run("delete-port")
         gdb.run("continue")  # the flush finishes; GDB stops where the call returns

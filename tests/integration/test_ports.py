@@ -247,7 +247,9 @@ def test_port_breakpoint_stops_once_per_pio_write(machine: Machine) -> None:
                 stop = m.cont()
                 assert not stop.parked and stop.access is not None, stop
                 assert (stop.access.port, stop.access.value, stop.access.decoded) == (0x1F7, command, name)
-                assert stop.function == "issue" and stop.line is not None and stop.reason == "port-breakpoint"
+                assert (
+                    stop.function == "send_cmd" and stop.line is not None and stop.reason == "port-breakpoint"
+                )
                 assert m.cont().parked, "one stop per write: the next continue finishes it"
             m.ata.write(0, 200, pattern(9, 2), mode="dma")  # 0xCA: no stop
             m.ata.read(0, 10, 1, mode="pio")  # a read: no stop
@@ -367,7 +369,7 @@ def test_piix3_trace_prints_both_sides(tmp_path: Path) -> None:
     text = out.stdout
     assert "driver side (GDB breakpoints)" in text and "device side (QEMU trace)" in text
     (command,) = [line for line in text.splitlines() if "Command: WRITE MULTIPLE" in line]
-    assert command.count("Command: WRITE MULTIPLE") == 2 and "issue (ata.c:" in command
+    assert command.count("Command: WRITE MULTIPLE") == 2 and "send_cmd (ata.c:" in command
     assert "records agree" in text and "~ sector write LBA 5 +1" in text
     assert DiskImage(image).read_sectors(5, 1) == b"hello".ljust(SECTOR, b"\0")
 
