@@ -47,7 +47,7 @@ end
 
 python
 # The ATA/PCI commands, in GDB's Python. They decode with the harness's own modules
-# (harness/regs.py, identify.py, ports.py), loaded without the package's __init__: GDB's Python
+# (harness/regs.py, identify.py, portio/access.py), loaded without the package's __init__: GDB's Python
 # is the system's and lacks the harness's dependencies. GDB cannot execute in/out itself, so
 # port reads go through the guest helpers harness_inb/harness_inl/harness_pci_read32.
 import importlib
@@ -66,9 +66,9 @@ def _piix3_repo():
         candidates.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(kernel)))))
     candidates.append(os.getcwd())
     for root in candidates:
-        if root and os.path.isfile(os.path.join(root, "harness", "ports.py")):
+        if root and os.path.isfile(os.path.join(root, "harness", "portio", "access.py")):
             return root
-    raise gdb.GdbError("piix3: cannot find the repository (harness/ports.py); set PIIX3_REPO")
+    raise gdb.GdbError("piix3: cannot find the repository (harness/portio/access.py); set PIIX3_REPO")
 
 
 def _piix3_module(name):
@@ -96,7 +96,7 @@ def _piix3_channel(arg):
     ch = int(words[0], 0) if words else 0
     if ch not in (0, 1):
         raise gdb.GdbError("channel is 0 (primary) or 1 (secondary)")
-    ports = _piix3_module("ports")
+    ports = _piix3_module("portio.access")
     try:  # where the driver put the channel (native-mode channels move)
         cmd, ctrl, bm = (_piix3_int(f"'ata.c'::channels[{ch}].{f}") & 0xFFFF for f in ("cmd", "ctrl", "bm"))
     except gdb.error:
@@ -108,7 +108,7 @@ def _piix3_channel(arg):
 
 
 def _piix3_port_map():
-    ports = _piix3_module("ports")
+    ports = _piix3_module("portio.access")
     try:
         bm = _piix3_int("'ata.c'::channels[0].bm") & 0xFFFC
     except gdb.error:
@@ -237,7 +237,7 @@ def _piix3_agent():
     import __main__
 
     if not hasattr(__main__, "PIIX3_PORTS_AGENT"):
-        gdb.execute(f"source {os.path.join(_piix3_repo(), 'harness', 'gdb_ports_agent.py')}")
+        gdb.execute(f"source {os.path.join(_piix3_repo(), 'harness', 'portio', 'gdb_agent.py')}")
     return __main__.PIIX3_PORTS_AGENT
 
 
@@ -277,7 +277,7 @@ class _BreakPort(gdb.Command):
             if not _piix3_port_breaks:
                 gdb.write("no port breakpoints\n")
             return
-        ports = _piix3_module("ports")
+        ports = _piix3_module("portio.access")
         try:
             ranges = _piix3_port_map().ranges([int(words[0], 0) if words[0][:1].isdigit() else words[0]])
         except (ValueError, ports.PortError) as exc:

@@ -13,7 +13,7 @@ from harness.errors import (
 from harness.faults import Fault
 from harness.identify import DriveInfo
 from harness.machine import Machine
-from harness.ports import PortAccess, PortError
+from harness.portio.access import PortAccess, PortError
 from harness.regs import AtaCode
 
 __all__ = [

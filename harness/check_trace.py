@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.devtrace import DeviceRecord, parse_trace
-from harness.protocol import check, hardware_resets, origin_of, render_json, render_text
+from harness.portio.devtrace import DeviceRecord, parse_trace
+from harness.portio.protocol import check, hardware_resets, origin_of, render_json, render_text
 
 PROG = "piix3 check-trace"
 EXIT_CLEAN, EXIT_VIOLATIONS, EXIT_UNREADABLE = 0, 1, 2

@@ -335,8 +335,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     """One driver operation recorded from both sides, printed side by side."""
-    from harness.devtrace import trace_operation
-    from harness.ports import normalize
+    from harness.portio.compare import normalize
+    from harness.portio.operation import trace_operation
 
     disk, exists = _image_arg(args.image, create=True)
     image = disk.path

@@ -320,8 +320,8 @@ class GdbMi:
         interrupt_on_timeout: bool = False,
     ) -> str:
         """-data-evaluate-expression; returns GDB's printed value."""
-        quoted = expr.replace("\\", "\\\\").replace('"', '\\"')
-        res = self.command(f'-data-evaluate-expression "{quoted}"', timeout, alive, interrupt_on_timeout)
+        command = f"-data-evaluate-expression {mi_quote(expr)}"
+        res = self.command(command, timeout, alive, interrupt_on_timeout)
         return str(res.payload.get("value", ""))
 
     def read_memory(self, addr: int, length: int, timeout: float = MI_TIMEOUT) -> bytes:
@@ -345,6 +345,11 @@ class GdbMi:
         for off in range(0, len(view), MEMORY_CHUNK):
             chunk = view[off : off + MEMORY_CHUNK]
             self.command(f"-data-write-memory-bytes {addr + off:#x} {chunk.hex()}", timeout)
+
+
+def mi_quote(text: str) -> str:
+    """text as one MI c-string argument: quoted, with backslashes and quotes escaped."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def is_stopped(rec: MiRecord) -> bool:

@@ -30,8 +30,8 @@ from harness.target import PARK_SYMBOL, Target
 from harness.transport import Mailboxes
 
 if TYPE_CHECKING:
-    from harness.devtrace import DeviceTrace
-    from harness.ports import PortBreakpoint, PortsAgent, PortWatch
+    from harness.portio.devtrace import DeviceTrace
+    from harness.portio.watch import PortBreakpoint, PortsAgent, PortWatch
 
 log = logging.getLogger(__name__)
 
@@ -436,7 +436,7 @@ class Machine:
     def ports(self) -> PortsAgent:
         """The GDB-side port agent (loaded into GDB on first use)."""
         if self._ports is None:
-            from harness.ports import PortsAgent
+            from harness.portio.watch import PortsAgent
 
             self._ports = PortsAgent(self.target)
         return self._ports
@@ -449,7 +449,7 @@ class Machine:
         active: breakpoints on each port instruction in the kernel, auto-continuing, all deleted
         on exit. `io.events` lists PortAccess events; string transfers keep their bytes, up to
         `capture` bytes in all (default 1 MiB; later ones get data=None)."""
-        from harness.ports import DATA_CAPTURE_LIMIT, PortWatch
+        from harness.portio.watch import DATA_CAPTURE_LIMIT, PortWatch
 
         self.mailboxes.refuse_while_held("watching ports")
         agent = self.ports
@@ -467,7 +467,7 @@ class Machine:
         `value`). Use with post() + cont(): cont() returns a Stop whose `access` is the
         PortAccess. An `out` stops before the device sees the value; an `in` stops right after
         it, with the value read. `bp.delete()` (or a `with` block) removes it."""
-        from harness.ports import PortBreakpoint
+        from harness.portio.watch import PortBreakpoint
 
         self.mailboxes.refuse_while_held("a port breakpoint")
         agent = self.ports
@@ -479,6 +479,6 @@ class Machine:
     def device_trace(self, patterns: Sequence[str] | None = None) -> DeviceTrace:
         """`with m.device_trace() as dev:` records what QEMU's IDE/bus-master emulation saw
         (its ide_*/bmdma_* trace events) while active; `dev.events` are PortAccess events."""
-        from harness.devtrace import TRACE_PATTERNS, DeviceTrace
+        from harness.portio.devtrace import TRACE_PATTERNS, DeviceTrace
 
         return DeviceTrace(self.target, self.ports.port_map, patterns or TRACE_PATTERNS)

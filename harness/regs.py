@@ -89,19 +89,20 @@ COMMANDS: dict[int, str] = {
 }
 
 
-def _bits(value: int, table: tuple[tuple[int, str], ...]) -> str:
+def bits(value: int, table: tuple[tuple[int, str], ...]) -> str:
+    """The names of the bits set in value, lowest first, joined by |; - when none."""
     names = [name for bit, name in table if value & bit]
     return "|".join(names) if names else "-"
 
 
 def decode_status(value: int) -> str:
     """Status register bits, lowest first: 0x41 -> 'ERR|DRDY'."""
-    return _bits(value, STATUS_BITS)
+    return bits(value, STATUS_BITS)
 
 
 def decode_error(value: int) -> str:
     """Error register bits, lowest first: 0x04 -> 'ABRT'."""
-    return _bits(value, ERROR_BITS)
+    return bits(value, ERROR_BITS)
 
 
 def command_name(value: int) -> str:

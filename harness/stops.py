@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from harness.ports import PortAccess
+    from harness.portio.access import PortAccess
 
 
 @dataclass(frozen=True)

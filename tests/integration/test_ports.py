@@ -16,8 +16,9 @@ import pytest
 
 from harness import AtaCode, AtaError, DiskImage, GdbError, HarnessError, Machine
 from harness.abi import Op, Request
-from harness.devtrace import DeviceAction
-from harness.ports import PortAccess, PortError, compare, normalize
+from harness.portio.access import PortAccess, PortError
+from harness.portio.compare import compare, normalize
+from harness.portio.devtrace import DeviceAction
 from harness.pytest_plugin import MachineFactory
 from harness.regs import AtaMode
 

@@ -11,19 +11,11 @@ from typing import Any
 
 import pytest
 
-from harness.devtrace import DeviceAction, parse_trace
-from harness.gdb_ports_agent import Site, classify, find_sites
-from harness.ports import (
-    PortAccess,
-    PortError,
-    PortMap,
-    coalesce_data,
-    compare,
-    diff_text,
-    events_from_agent,
-    normalize,
-    squash,
-)
+from harness.portio.access import PortAccess, PortError, PortMap
+from harness.portio.compare import coalesce_data, compare, diff_text, normalize, squash
+from harness.portio.devtrace import DeviceAction, parse_trace
+from harness.portio.gdb_agent import Site, classify, find_sites
+from harness.portio.watch import events_from_agent
 from harness.stops import Stop
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -417,7 +409,7 @@ def test_agent_records_each_kind_of_instruction_once(monkeypatch: pytest.MonkeyP
     """Replays executions of the recorded variants: plain in/out (an `in` completes at the next
     instruction, itself an `in`), rep string instructions entered at their cld, and reps caught
     at themselves, which QEMU re-enters once per iteration."""
-    from harness import gdb_ports_agent as agent_mod
+    from harness.portio import gdb_agent as agent_mod
 
     memory = bytearray(0x10000)
     memory[0x5000:0x5006] = b"abcdef"

@@ -39,9 +39,10 @@ from typing import Any
 import pytest
 
 from harness import check_trace
-from harness.devtrace import DeviceRecord, parse_trace
-from harness.ports import PortAccess, PortMap, events_from_agent, normalize
-from harness.protocol import (
+from harness.portio.access import PortAccess, PortMap
+from harness.portio.compare import normalize
+from harness.portio.devtrace import DeviceRecord, parse_trace
+from harness.portio.protocol import (
     RULES,
     PrdEntry,
     PrdTable,
@@ -52,6 +53,7 @@ from harness.protocol import (
     render_json,
     render_text,
 )
+from harness.portio.watch import events_from_agent
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 BM = 0xC000

@@ -37,8 +37,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.devtrace import DeviceAction
-from harness.ports import (
+from harness.portio.access import (
     BM_CHANNEL_STRIDE,
     CHANNELS,
     PRIMARY_CMD,
@@ -48,6 +47,7 @@ from harness.ports import (
     PortAccess,
     PortMap,
 )
+from harness.portio.devtrace import DeviceAction
 from harness.regs import command_name, decode_status
 
 # --- the rules ----------------------------------------------------------------------------------

@@ -21,24 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.ports import (
+from harness.portio.access import (
     BM_CHANNEL_STRIDE,
     PRIMARY_CMD,
     PRIMARY_CTRL,
     SECONDARY_CMD,
     SECONDARY_CTRL,
-    ClosingContext,
-    Comparison,
     PortAccess,
     PortError,
     PortMap,
-    compare,
-    normalize,
+    Recorder,
 )
+from harness.portio.compare import normalize
 from harness.regs import command_name
 
 if TYPE_CHECKING:
-    from harness.machine import Machine
     from harness.target import Target
 
 log = logging.getLogger(__name__)
@@ -189,7 +186,7 @@ def parse_trace(lines: Iterable[str], port_map: PortMap | None = None) -> Device
     return rec
 
 
-class DeviceTrace(ClosingContext):
+class DeviceTrace(Recorder):
     """`with m.device_trace() as dev:` records what QEMU's IDE emulation saw while active;
     afterwards `dev.events` (PortAccess, like the driver side) and `dev.actions`."""
 
@@ -257,58 +254,3 @@ class DeviceTrace(ClosingContext):
 
     def __str__(self) -> str:
         return "\n".join(str(e) for e in normalize(self.events))
-
-
-# --- one operation, recorded from both sides (piix3 trace) ------------------------------------
-TRACE_OPS = ("identify", "read", "write", "flush")
-
-
-@dataclass
-class TracedOperation:
-    """An operation run under both records, and their comparison."""
-
-    title: str
-    result: str
-    driver: list[PortAccess]
-    device: list[PortAccess]
-    actions: list[DeviceAction]
-    comparison: Comparison
-
-
-def trace_operation(
-    machine: Machine,
-    op: str,
-    *,
-    drive: int = 0,
-    lba: int = 0,
-    count: int = 1,
-    data: bytes = b"",
-    mode: str = "dma",
-    ports: Sequence[int | range | str | tuple[int, int]] = ("ide",),
-) -> TracedOperation:
-    """Run one driver operation with the driver side (GDB) and the device side (QEMU trace)
-    recording, and compare them on the IDE ports."""
-    if op not in TRACE_OPS:
-        raise PortError(f"unknown operation {op!r}; use one of {', '.join(TRACE_OPS)}")
-    ranges = machine.ports.port_map().ranges(ports)
-    with machine.device_trace() as dev, machine.watch_ports(*ports) as io:
-        if op == "identify":
-            info = machine.ata.identify(drive)
-            title = f"IDENTIFY drive {drive}"
-            result = f"{info.model}, serial {info.serial}, {info.sectors} sectors"
-        elif op == "read":
-            got = machine.ata.read(drive, lba, count, mode=mode)
-            title = f"read {count} sector(s) at LBA {lba} on drive {drive} ({mode})"
-            text = got.rstrip(b"\0")[:60]
-            result = f"read {len(got)} bytes: {text!r}{'...' if len(got.rstrip(bytes(1))) > 60 else ''}"
-        elif op == "write":
-            machine.ata.write(drive, lba, data, mode=mode)
-            title = f"write {len(data) // 512} sector(s) at LBA {lba} on drive {drive} ({mode})"
-            result = f"wrote {len(data)} bytes"
-        else:
-            machine.ata.flush(drive)
-            title = f"flush drive {drive}"
-            result = "flushed"
-    notes = [(a.index, a.short()) for a in dev.actions]
-    comparison = compare(io.events, dev.events, ports=ranges, right_notes=notes)
-    return TracedOperation(title, result, io.events, dev.events, dev.actions, comparison)
