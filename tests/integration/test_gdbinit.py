@@ -164,4 +164,4 @@ def test_keep_on_fail_pauses_only_for_a_person(
 ) -> None:
     monkeypatch.setenv("CI", ci)
     monkeypatch.setattr(sys, "stdin", SimpleNamespace(isatty=lambda: tty))
-    assert pytest_plugin._interactive() is pauses
+    assert pytest_plugin.interactive() is pauses

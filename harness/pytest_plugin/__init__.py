@@ -1,0 +1,43 @@
+"""pytest plugin (entry point `piix3`): fixtures for machines and disks, per-test artifacts,
+and a check that every QEMU and GDB the harness started is gone.
+
+hooks.py     options, markers, reports naming the logs, leak checks, --piix3-keep-on-fail
+fixtures.py  machine, machine_factory, disk, piix3_firmware
+pool.py      the snapshot pool behind the fast `machine` fixture
+state.py     what they share (pytest stash keys)
+"""
+
+from harness.pytest_plugin.fixtures import (
+    MachineFactory,
+    disk,
+    machine,
+    machine_factory,
+    piix3_firmware,
+)
+from harness.pytest_plugin.hooks import (
+    _piix3_no_leaked_processes,
+    interactive,
+    pytest_addoption,
+    pytest_configure,
+    pytest_generate_tests,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+)
+from harness.pytest_plugin.pool import SnapshotPool, piix3_snapshot_pool
+
+__all__ = [
+    "MachineFactory",
+    "SnapshotPool",
+    "_piix3_no_leaked_processes",
+    "disk",
+    "interactive",
+    "machine",
+    "machine_factory",
+    "piix3_firmware",
+    "piix3_snapshot_pool",
+    "pytest_addoption",
+    "pytest_configure",
+    "pytest_generate_tests",
+    "pytest_runtest_makereport",
+    "pytest_sessionfinish",
+]

@@ -1,0 +1,71 @@
+"""The snapshot pool: per worker and firmware, one machine parked at a VM snapshot that each
+test gets back with loadvm instead of a boot."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.disk import DiskImage
+from harness.errors import HarnessError
+from harness.machine import CALL_TIMEOUT, SNAPSHOT_MEMORY_MIB, Machine
+
+
+class SnapshotPool:
+    """Per worker and firmware, one machine parked on a qcow2 disk with a VM snapshot taken at
+    harness_ready; each test that may use it starts from that snapshot (RAM, CPU, devices and
+    disk restored by loadvm) instead of booting."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.machines: dict[str, Machine] = {}
+
+    def get(self, firmware: str) -> Machine:
+        m = self.machines.get(firmware)
+        if m is not None:
+            try:
+                m.restore_snapshot()
+                m.clear_debug_state()  # loadvm leaves GDB's breakpoints alone
+                m.call_timeout = CALL_TIMEOUT
+                m.failed = False
+                return m
+            except HarnessError:  # a test broke it (killed QEMU, closed it...): build anew
+                m.close(failed=True)
+                del self.machines[firmware]
+        self.root.mkdir(parents=True, exist_ok=True)
+        disk = DiskImage.create(self.root / f"{firmware}.qcow2", size_mib=64, format="qcow2", overwrite=True)
+        m = Machine(
+            disks=[disk],
+            firmware=firmware,
+            memory_mib=SNAPSHOT_MEMORY_MIB,
+            artifacts_dir=self.root / f"{firmware}-artifacts",
+        )
+        m.start()
+        m.save_snapshot()
+        self.machines[firmware] = m
+        return m
+
+    def pids(self) -> set[int]:
+        return {p for m in self.machines.values() for p in m.pids}
+
+    def close(self) -> None:
+        for m in self.machines.values():
+            m.close()
+        self.machines.clear()
+
+
+POOL = pytest.StashKey[SnapshotPool]()  # per session: the worker's snapshot pool
+
+
+@pytest.fixture(scope="session")
+def piix3_snapshot_pool(
+    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SnapshotPool]:
+    """The worker's SnapshotPool (closed at the end of the session)."""
+    pool = SnapshotPool(tmp_path_factory.mktemp("snapshot-pool"))
+    pytestconfig.stash[POOL] = pool
+    yield pool
+    pool.close()
+    del pytestconfig.stash[POOL]
