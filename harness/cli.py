@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import logging
 import os
 import shutil
@@ -385,13 +386,32 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness import bench
+    from harness.bench import measure, report
 
     if args.image_dir is not None:
         args.image_dir = str(_dir_arg(args.image_dir, "--image-dir", create=False))
     if args.json is not None:
         args.json = str(_output_file_arg(args.json, "--json"))
-    return bench.main(args)
+    quick = bool(args.quick)
+    repeat = args.repeat if args.repeat is not None else (5 if quick else 20)
+    t0 = time.perf_counter()
+    progress = report.Progress(measure.total_steps(args.suite))
+    result = measure.run(repeat, args.firmware, quick, progress, args.image_dir, args.suite)
+    progress.close()
+    print(f"piix3 bench: medians of {repeat}+ samples, firmware {args.firmware}{', quick' if quick else ''}")
+    print(f"disk: {result.image}")
+    print(report.render(result.rows))
+    print()
+    if result.armed is not None:
+        print(f"armed during timed transfers: {result.armed.describe()}")
+    print(report.render_throughput(result.throughput))
+    for note in result.notes:
+        print(note)
+    print(f"bench took {time.perf_counter() - t0:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        print(f"written {args.json}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import struct
 from collections.abc import Iterator, Sequence
@@ -135,18 +136,39 @@ def find_sites(instructions: Sequence[tuple[int, int, str]]) -> list[Site]:
     return sites
 
 
+def _elf_headers(data: bytes, path: object) -> tuple[list[tuple[int, ...]], int]:
+    """The section headers (Elf32_Shdr fields) of a 32-bit little-endian ELF image, and the
+    offset of the section-name string table. The harness's one ELF reader: it lives here
+    because this module must stand alone inside GDB."""
+    if data[:4] != b"\x7fELF" or data[4] != 1 or data[5] != 1:
+        raise ValueError(f"{path} is not a 32-bit little-endian ELF file")
+    (shoff,) = struct.unpack_from("<I", data, 0x20)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x2E)
+    headers = [struct.unpack_from("<IIIIIIIIII", data, shoff + i * shentsize) for i in range(shnum)]
+    return headers, headers[shstrndx][4]
+
+
+def elf_sections(path: str | os.PathLike[str]) -> dict[str, tuple[int, int]]:
+    """Section name -> (address, size) of a 32-bit ELF file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    headers, strtab_off = _elf_headers(data, path)
+    out = {}
+    for name_off, *_, addr, _off, size, _link, _info, _align, _entsize in headers:
+        name = data[strtab_off + name_off : data.index(b"\0", strtab_off + name_off)].decode()
+        if name:
+            out[name] = (addr, size)
+    return out
+
+
 def exec_sections(path: str) -> list[tuple[str, int, int, list[int]]]:
     """(name, address, size, symbol addresses) of every allocated executable section of a
     32-bit ELF file. Disassembly restarts at each symbol, as objdump's does: data in a code
     section (the multiboot header) must not swallow the first instruction after it."""
     with open(path, "rb") as f:
         data = f.read()
-    if data[:4] != b"\x7fELF" or data[4] != 1:
-        raise ValueError(f"{path} is not a 32-bit ELF file")
-    (shoff,) = struct.unpack_from("<I", data, 0x20)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x2E)
-    headers = [struct.unpack_from("<IIIIIIIIII", data, shoff + i * shentsize) for i in range(shnum)]
-    strtab_off = headers[shstrndx][4]
+    headers, strtab_off = _elf_headers(data, path)
+    shnum = len(headers)
     symbols: dict[int, list[int]] = {}
     for sh_type, offset, size, entsize in ((h[1], h[4], h[5], h[9]) for h in headers):
         if sh_type != 2 or not entsize:  # SHT_SYMTAB

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from harness import AtaCode, AtaError, DiskImage, Machine
-from harness.bench import armed_check, elf_sections
+from harness.bench.armed import armed_check
+from harness.portio.gdb_agent import elf_sections
 from harness.pytest_plugin import MachineFactory
 
 pytestmark = pytest.mark.qemu

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import harness.bench
+import harness.bench.measure
 from harness import cli
 from harness.disk import SECTOR, DiskImage
 
@@ -29,7 +29,7 @@ def no_machine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(cli, "Machine", refuse)
     monkeypatch.setattr(cli, "QemuProcess", refuse)
-    monkeypatch.setattr(harness.bench, "main", refuse)
+    monkeypatch.setattr(harness.bench.measure, "run", refuse)
     old = signal.getsignal(signal.SIGTERM)  # main() installs its own SIGTERM handler
     yield
     signal.signal(signal.SIGTERM, old)

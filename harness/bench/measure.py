@@ -1,212 +1,55 @@
-"""`piix3 bench`: medians of start, reset, MI round trips and driver calls, each beside the floor
-measured in the same run (the same thing done raw, without the harness); then driver throughput,
-timed inside the guest and end to end from Python, beside Linux's ata_piix on the same QEMU.
+"""The benchmark's measurements: medians of start, reset, MI round trips and driver calls,
+each beside the floor measured in the same run (the same thing done raw, without the harness);
+then driver throughput, timed inside the guest and end to end from Python.
 
 Adding rows: write a function `(ctx: BenchContext) -> list[Row]` and list it, with the number of
 progress steps it reports, in TIMING_SECTIONS. It may use `ctx.machine()` (one machine shared by
-all sections, booted on first use) or start machines of its own on `ctx.disk`.
-"""
+all sections, booted on first use) or start machines of its own on `ctx.disk`."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import re
 import select
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from harness import procs
 from harness.abi import SECTOR
 from harness.ata import BenchResult
+from harness.bench.armed import PAGE, armed_check
+from harness.bench.report import (
+    DISK_MIB,
+    KIB,
+    MIB,
+    MODES,
+    OPS,
+    SIZES,
+    SUITE_STEPS,
+    Progress,
+    Report,
+    Row,
+    Throughput,
+    size_text,
+)
 from harness.disk import DiskImage
 from harness.errors import HarnessError
 from harness.machine import SNAPSHOT_MEMORY_MIB, Machine
 from harness.paths import find_kernel
 from harness.qemu import QemuConfig, QemuPaths, build_command
 
-KIB = 1 << 10
-MIB = 1 << 20
-PAGE = 4096
 RAW_TIMEOUT = 5.0  # s, for one raw MI reply or raw start step
-SUITE_STEPS = 2
 SUITE_TIMEOUT = 1800.0  # s, for one whole-suite run (--suite)
 GDB = "gdb"
-DISK_MIB = 96  # room for two 32 MiB commands and more: sequential LBAs wrap within it
-SIZES = (4 * KIB, 64 * KIB, MIB, 32 * MIB)  # bytes per command in the throughput table
-MODES = ("dma", "pio")
-OPS = ("read", "write")
-# Linux 6.1 ata_piix on this QEMU (DESIGN.md): MWDMA2 at 1 MiB per command, PIO4 with 32-bit
-# data port and READ/WRITE MULTIPLE of 16. Decimal MB/s.
-LINUX_MB_S = {("dma", "read"): 1300.0, ("dma", "write"): 830.0, ("pio", "read"): 49.0, ("pio", "write"): 49.0}
-# Issue 7's targets: (where, mode, op, bytes per command) -> MB/s at least.
-TARGETS = {
-    ("guest", "dma", "read", MIB): 1300.0,
-    ("guest", "dma", "write", MIB): 830.0,
-    ("guest", "pio", "read", MIB): 49.0,
-    ("guest", "pio", "write", MIB): 49.0,
-    ("guest", "pio", "read", 32 * MIB): 49.0,
-    ("guest", "pio", "write", 32 * MIB): 49.0,
-    ("end to end", "dma", "read", 32 * MIB): 800.0,
-    ("end to end", "dma", "read", MIB): 300.0,
-}
 # Functions never run by a read or write: a breakpoint on one of them in the page the transfer
 # code runs in shows what a forgotten breakpoint costs (QEMU single-steps that whole page).
 IDLE_FUNCTIONS = ("nondata", "identify_into", "ata_flush", "ata_set_write_cache", "ata_reset_channel")
 TRANSFER_FUNCTIONS = ("pio_xfer", "dma_xfer", "ata_read")
-
-
-@dataclass
-class Row:
-    name: str
-    value: float
-    unit: str
-    floor_name: str = ""
-    floor: float | None = None
-    target: str = ""
-
-    @property
-    def ratio(self) -> float | None:
-        if self.floor is None or not self.floor or not self.value:
-            return None
-        return self.value / self.floor if self.unit == "ms" else self.floor / self.value
-
-
-@dataclass
-class Throughput:
-    """One cell of the throughput table: MB/s (decimal) for a mode, direction and command size."""
-
-    where: str  # "guest" (TSC inside the guest, guest/bench.c) | "end to end" (m.ata.read/write)
-    mode: str
-    op: str
-    bytes_per_command: int
-    mb_s: float  # median over samples
-    us_per_command: float  # median
-    samples: int
-    commands: int  # per sample
-
-    @property
-    def linux_mb_s(self) -> float:
-        return LINUX_MB_S[(self.mode, self.op)]
-
-    @property
-    def ratio(self) -> float:
-        return self.mb_s / self.linux_mb_s
-
-    @property
-    def target(self) -> float | None:
-        return TARGETS.get((self.where, self.mode, self.op, self.bytes_per_command))
-
-    @property
-    def meets_target(self) -> bool | None:
-        return None if self.target is None else self.mb_s >= self.target
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self) | {
-            "linux_mb_s": self.linux_mb_s,
-            "ratio_to_linux": self.ratio,
-            "target_mb_s": self.target,
-            "meets_target": self.meets_target,
-        }
-
-
-@dataclass
-class ArmedCheck:
-    """What the harness leaves armed while the guest runs a timed transfer: every breakpoint
-    location GDB has (its internal ones included) and every QEMU trace event enabled. QEMU
-    single-steps any 4 KiB page holding a breakpoint, so none may share a page with .text."""
-
-    text: tuple[int, int]  # the kernel's .text [start, end): the driver and everything it calls
-    breakpoints: list[tuple[int, str]] = field(default_factory=list)  # (address, GDB's description)
-    trace_events: list[str] = field(default_factory=list)
-
-    @property
-    def text_pages(self) -> tuple[int, int]:
-        start, end = self.text
-        return start & ~(PAGE - 1), (end + PAGE - 1) & ~(PAGE - 1)
-
-    @property
-    def in_text(self) -> list[tuple[int, str]]:
-        lo, hi = self.text_pages
-        return [(a, w) for a, w in self.breakpoints if lo <= a < hi]
-
-    @property
-    def ok(self) -> bool:
-        return not self.in_text and not self.trace_events
-
-    def describe(self) -> str:
-        lo, hi = self.text_pages
-        armed = ", ".join(f"{a:#x} {w}" for a, w in self.breakpoints) or "none"
-        verdict = "no breakpoint" if not self.in_text else f"{len(self.in_text)} breakpoint(s)"
-        events = f"; trace events on: {', '.join(self.trace_events)}" if self.trace_events else ""
-        return f"{verdict} in the driver's text pages {lo:#x}..{hi - 1:#x} (armed: {armed}){events}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "text": list(self.text),
-            "text_pages": list(self.text_pages),
-            "breakpoints": [{"address": a, "what": w} for a, w in self.breakpoints],
-            "in_text": [a for a, _ in self.in_text],
-            "trace_events": self.trace_events,
-        }
-
-
-@dataclass
-class Report:
-    firmware: str
-    repeat: int
-    quick: bool
-    image: str = ""  # where the benchmark disk lived
-    rows: list[Row] = field(default_factory=list)
-    throughput: list[Throughput] = field(default_factory=list)
-    armed: ArmedCheck | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "firmware": self.firmware,
-            "repeat": self.repeat,
-            "quick": self.quick,
-            "image": self.image,
-            "timings": [asdict(r) | {"ratio": r.ratio} for r in self.rows],
-            "throughput": [t.as_dict() for t in self.throughput],
-            "armed_check": self.armed.as_dict() if self.armed else None,
-            "notes": self.notes,
-        }
-
-
-class Progress:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.done = 0
-        self.tty = sys.stderr.isatty()
-
-    def step(self, label: str) -> None:
-        self.done += 1
-        width = 30
-        filled = width * min(self.done, self.total) // self.total
-        line = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {label}"
-        if self.tty:
-            sys.stderr.write(f"\r{line:<78}")
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\r" + " " * 78 + "\r")
 
 
 @dataclass
@@ -438,51 +281,6 @@ TIMING_SECTIONS: list[tuple[Callable[[BenchContext], list[Row]], int]] = [
 ]
 
 
-# --- what is armed during timed transfers ----------------------------------------------------------
-_SHDR = struct.Struct("<IIIIIIIIII")  # Elf32_Shdr
-
-
-def elf_sections(path: Path) -> dict[str, tuple[int, int]]:
-    """Section name -> (address, size) of a 32-bit little-endian ELF file."""
-    data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 1 or data[5] != 1:
-        raise HarnessError(f"{path} is not a 32-bit little-endian ELF file")
-    shoff, _flags, _ehsize, _phentsize, _phnum, shentsize, shnum, shstrndx = struct.unpack_from(
-        "<IIHHHHHH", data, 32
-    )
-    headers = [_SHDR.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
-    names_at = headers[shstrndx][4]
-    sections = {}
-    for name_off, _type, _flags, addr, _offset, size, *_ in headers:
-        start = names_at + name_off
-        name = data[start : data.index(b"\0", start)].decode()
-        if name:
-            sections[name] = (addr, size)
-    return sections
-
-
-_ADDRESS = re.compile(r"\s(0x[0-9a-fA-F]+)\s+(.*)")
-
-
-def armed_check(m: Machine) -> ArmedCheck:
-    """Every breakpoint location GDB has armed (`maint info breakpoints` lists its internal ones
-    too, such as an inferior call's return breakpoint) and every QEMU trace event enabled."""
-    gdb, qemu = m.gdb, m.qemu
-    if gdb is None or qemu is None or qemu.qmp is None:
-        raise HarnessError("the machine is not running")
-    addr, size = elf_sections(m.config.kernel)[".text"]
-    check = ArmedCheck(text=(addr, addr + size))
-    listing = gdb.command('-interpreter-exec console "maint info breakpoints"').console
-    for line in "".join(listing).splitlines():
-        found = _ADDRESS.search(line)
-        if found and not line.startswith("\t"):
-            check.breakpoints.append((int(found.group(1), 16), " ".join(found.group(2).split()[:2])))
-    check.breakpoints = sorted(set(check.breakpoints))
-    events = qemu.qmp.cmd_raw("trace-event-get-state", {"name": "*"}).get("return", [])
-    check.trace_events = sorted(e["name"] for e in events if e.get("state") == "enabled")
-    return check
-
-
 def _check_section(ctx: BenchContext) -> None:
     """The armed check, enforced: timed transfers run only with nothing in the driver's pages."""
     m = ctx.machine()
@@ -524,7 +322,7 @@ def _breakpoint_cost(ctx: BenchContext) -> None:
                 gdb.command(f"-break-delete {number}")
         ok, slow = statistics.median(clean), statistics.median(slowed)
         ctx.report.notes.append(
-            f"breakpoint cost: {mode.upper()} read {_size(size)} in the guest {ok:.0f} us/command clean, "
+            f"breakpoint cost: {mode.upper()} read {size_text(size)} in the guest {ok:.0f} us/command clean, "
             f"{slow:.0f} us with a never-hit breakpoint on {idle} (page {pages[idle]:#x}; the check "
             f"{'caught it' if caught else 'MISSED it'}): {slow / ok:.1f}x"
         )
@@ -631,82 +429,3 @@ def run(
         finally:
             ctx.close()
     return report
-
-
-# --- output ------------------------------------------------------------------------------------------
-def _size(n: int) -> str:
-    return f"{n // MIB} MiB" if n >= MIB else f"{n // KIB} KiB"
-
-
-def render(rows: list[Row]) -> str:
-    out = [f"{'measurement':<46} {'median':>10} {'unit':<6} {'floor':>10}  {'ratio':>6}  target"]
-    for r in rows:
-        floor = f"{r.floor:10.3f}" if r.floor is not None else " " * 10
-        ratio = f"{r.ratio:5.2f}x" if r.ratio is not None else " " * 6
-        out.append(
-            f"{r.name:<46} {r.value:10.3f} {r.unit:<6} {floor}  {ratio}  {r.target}"
-            + (f"  (floor: {r.floor_name})" if r.floor_name else "")
-        )
-    return "\n".join(out)
-
-
-def render_throughput(cells: list[Throughput]) -> str:
-    """One line per mode, direction and size: in-guest and end-to-end MB/s, each x Linux."""
-    by_key = {(c.where, c.mode, c.op, c.bytes_per_command): c for c in cells}
-    out = [
-        "throughput, MB/s (10^6 B/s), medians; x Linux = ratio to Linux 6.1 ata_piix on this QEMU "
-        f"(DMA {LINUX_MB_S['dma', 'read']:.0f} read / {LINUX_MB_S['dma', 'write']:.0f} write "
-        f"at 1 MiB per command, PIO {LINUX_MB_S['pio', 'read']:.0f})",
-        f"{'':<10} {'per cmd':>8}  {'in guest':>9} {'x Linux':>8} {'us/cmd':>9}  "
-        f"{'end to end':>10} {'x Linux':>8} {'ms/call':>8}  target",
-    ]
-
-    def cell(c: Throughput | None) -> str:
-        return f"{c.mb_s:9.1f} {c.ratio:7.2f}x" if c else " " * 17
-
-    for mode in MODES:
-        for op in OPS:
-            for size in SIZES:
-                g = by_key.get(("guest", mode, op, size))
-                e = by_key.get(("end to end", mode, op, size))
-                targets = [
-                    f"{c.where} >= {c.target:.0f} {'ok' if c.meets_target else 'MISS'}"
-                    for c in (g, e)
-                    if c is not None and c.target is not None
-                ]
-                small = by_key.get(("guest", mode, op, MIB))
-                if mode == "dma" and size == 32 * MIB and g is not None and small is not None:
-                    targets.append(f"guest > 1 MiB's {'ok' if g.mb_s > small.mb_s else 'MISS'}")
-                if g is None and e is None:
-                    continue
-                us = f"{g.us_per_command:9.1f}" if g else " " * 9
-                ms = f"{e.us_per_command / 1e3:7.2f}" if e else " " * 7
-                out.append(
-                    f"{mode.upper() + ' ' + op:<10} {_size(size):>8}  {cell(g)} {us}  {cell(e)}  {ms}  "
-                    + "; ".join(targets)
-                )
-    return "\n".join(out)
-
-
-def main(args: argparse.Namespace) -> int:
-    quick = bool(getattr(args, "quick", False))
-    repeat = args.repeat if args.repeat is not None else (5 if quick else 20)
-    t0 = time.perf_counter()
-    suite = bool(getattr(args, "suite", False))
-    progress = Progress(total_steps(suite))
-    report = run(repeat, args.firmware, quick, progress, getattr(args, "image_dir", None), suite)
-    progress.close()
-    print(f"piix3 bench: medians of {repeat}+ samples, firmware {args.firmware}{', quick' if quick else ''}")
-    print(f"disk: {report.image}")
-    print(render(report.rows))
-    print()
-    if report.armed is not None:
-        print(f"armed during timed transfers: {report.armed.describe()}")
-    print(render_throughput(report.throughput))
-    for note in report.notes:
-        print(note)
-    print(f"bench took {time.perf_counter() - t0:.1f} s")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.as_dict(), indent=2) + "\n")
-        print(f"written {args.json}")
-    return 0

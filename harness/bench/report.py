@@ -1,0 +1,190 @@
+"""The benchmark's results and how they are shown: timing rows beside their floors, the
+throughput table beside Linux's figures, and the report as JSON."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from harness.bench.armed import ArmedCheck
+
+KIB = 1 << 10
+MIB = 1 << 20
+SUITE_STEPS = 2
+DISK_MIB = 96  # room for two 32 MiB commands and more: sequential LBAs wrap within it
+SIZES = (4 * KIB, 64 * KIB, MIB, 32 * MIB)  # bytes per command in the throughput table
+MODES = ("dma", "pio")
+OPS = ("read", "write")
+# Linux 6.1's ata_piix (Debian 12's kernel) measured on this same QEMU 7.2 under TCG: bus-master
+# DMA (MWDMA2) with 1 MiB per command, PIO4 with a 32-bit data port and READ/WRITE MULTIPLE of
+# 16 sectors. Decimal MB/s.
+LINUX_MB_S = {("dma", "read"): 1300.0, ("dma", "write"): 830.0, ("pio", "read"): 49.0, ("pio", "write"): 49.0}
+# The targets the driver meets: (where, mode, op, bytes per command) -> MB/s at least.
+TARGETS = {
+    ("guest", "dma", "read", MIB): 1300.0,
+    ("guest", "dma", "write", MIB): 830.0,
+    ("guest", "pio", "read", MIB): 49.0,
+    ("guest", "pio", "write", MIB): 49.0,
+    ("guest", "pio", "read", 32 * MIB): 49.0,
+    ("guest", "pio", "write", 32 * MIB): 49.0,
+    ("end to end", "dma", "read", 32 * MIB): 800.0,
+    ("end to end", "dma", "read", MIB): 300.0,
+}
+
+
+@dataclass
+class Row:
+    name: str
+    value: float
+    unit: str
+    floor_name: str = ""
+    floor: float | None = None
+    target: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.floor is None or not self.floor or not self.value:
+            return None
+        return self.value / self.floor if self.unit == "ms" else self.floor / self.value
+
+
+@dataclass
+class Throughput:
+    """One cell of the throughput table: MB/s (decimal) for a mode, direction and command size."""
+
+    where: str  # "guest" (TSC inside the guest, guest/bench.c) | "end to end" (m.ata.read/write)
+    mode: str
+    op: str
+    bytes_per_command: int
+    mb_s: float  # median over samples
+    us_per_command: float  # median
+    samples: int
+    commands: int  # per sample
+
+    @property
+    def linux_mb_s(self) -> float:
+        return LINUX_MB_S[(self.mode, self.op)]
+
+    @property
+    def ratio(self) -> float:
+        return self.mb_s / self.linux_mb_s
+
+    @property
+    def target(self) -> float | None:
+        return TARGETS.get((self.where, self.mode, self.op, self.bytes_per_command))
+
+    @property
+    def meets_target(self) -> bool | None:
+        return None if self.target is None else self.mb_s >= self.target
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {
+            "linux_mb_s": self.linux_mb_s,
+            "ratio_to_linux": self.ratio,
+            "target_mb_s": self.target,
+            "meets_target": self.meets_target,
+        }
+
+
+@dataclass
+class Report:
+    firmware: str
+    repeat: int
+    quick: bool
+    image: str = ""  # where the benchmark disk lived
+    rows: list[Row] = field(default_factory=list)
+    throughput: list[Throughput] = field(default_factory=list)
+    armed: ArmedCheck | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "firmware": self.firmware,
+            "repeat": self.repeat,
+            "quick": self.quick,
+            "image": self.image,
+            "timings": [asdict(r) | {"ratio": r.ratio} for r in self.rows],
+            "throughput": [t.as_dict() for t in self.throughput],
+            "armed_check": self.armed.as_dict() if self.armed else None,
+            "notes": self.notes,
+        }
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.tty = sys.stderr.isatty()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        width = 30
+        filled = width * min(self.done, self.total) // self.total
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {label}"
+        if self.tty:
+            sys.stderr.write(f"\r{line:<78}")
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\r" + " " * 78 + "\r")
+
+
+# --- output ------------------------------------------------------------------------------------------
+def size_text(n: int) -> str:
+    return f"{n // MIB} MiB" if n >= MIB else f"{n // KIB} KiB"
+
+
+def render(rows: list[Row]) -> str:
+    out = [f"{'measurement':<46} {'median':>10} {'unit':<6} {'floor':>10}  {'ratio':>6}  target"]
+    for r in rows:
+        floor = f"{r.floor:10.3f}" if r.floor is not None else " " * 10
+        ratio = f"{r.ratio:5.2f}x" if r.ratio is not None else " " * 6
+        out.append(
+            f"{r.name:<46} {r.value:10.3f} {r.unit:<6} {floor}  {ratio}  {r.target}"
+            + (f"  (floor: {r.floor_name})" if r.floor_name else "")
+        )
+    return "\n".join(out)
+
+
+def render_throughput(cells: list[Throughput]) -> str:
+    """One line per mode, direction and size: in-guest and end-to-end MB/s, each x Linux."""
+    by_key = {(c.where, c.mode, c.op, c.bytes_per_command): c for c in cells}
+    out = [
+        "throughput, MB/s (10^6 B/s), medians; x Linux = ratio to Linux 6.1 ata_piix on this QEMU "
+        f"(DMA {LINUX_MB_S['dma', 'read']:.0f} read / {LINUX_MB_S['dma', 'write']:.0f} write "
+        f"at 1 MiB per command, PIO {LINUX_MB_S['pio', 'read']:.0f})",
+        f"{'':<10} {'per cmd':>8}  {'in guest':>9} {'x Linux':>8} {'us/cmd':>9}  "
+        f"{'end to end':>10} {'x Linux':>8} {'ms/call':>8}  target",
+    ]
+
+    def cell(c: Throughput | None) -> str:
+        return f"{c.mb_s:9.1f} {c.ratio:7.2f}x" if c else " " * 17
+
+    for mode in MODES:
+        for op in OPS:
+            for size in SIZES:
+                g = by_key.get(("guest", mode, op, size))
+                e = by_key.get(("end to end", mode, op, size))
+                targets = [
+                    f"{c.where} >= {c.target:.0f} {'ok' if c.meets_target else 'MISS'}"
+                    for c in (g, e)
+                    if c is not None and c.target is not None
+                ]
+                small = by_key.get(("guest", mode, op, MIB))
+                if mode == "dma" and size == 32 * MIB and g is not None and small is not None:
+                    targets.append(f"guest > 1 MiB's {'ok' if g.mb_s > small.mb_s else 'MISS'}")
+                if g is None and e is None:
+                    continue
+                us = f"{g.us_per_command:9.1f}" if g else " " * 9
+                ms = f"{e.us_per_command / 1e3:7.2f}" if e else " " * 7
+                out.append(
+                    f"{mode.upper() + ' ' + op:<10} {size_text(size):>8}  {cell(g)} {us}  {cell(e)}  {ms}  "
+                    + "; ".join(targets)
+                )
+    return "\n".join(out)
