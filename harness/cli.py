@@ -339,6 +339,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from harness.portio.compare import normalize
     from harness.portio.operation import trace_operation
 
+    vcd = _output_file_arg(args.vcd, "--vcd") if args.vcd is not None else None
+    if vcd is not None and vcd.suffix == ".gtkw":
+        raise BadArgument(f"--vcd {vcd}: name the .vcd file; the .gtkw file is written beside it")
     disk, exists = _image_arg(args.image, create=True)
     image = disk.path
     if not exists:
@@ -373,6 +376,18 @@ def cmd_trace(args: argparse.Namespace) -> int:
     with Machine(disks=[DiskImage(image)], firmware=args.firmware) as m:
         traced = trace_operation(m, op, mode=args.mode, ports=args.ports or ("ide",), **kw)
     print(f"piix3 trace: {traced.title}, image {image}: {traced.result}")
+    if vcd is not None:
+        from harness.portio.vcd import with_driver_markers, write_vcd
+
+        wave = write_vcd(
+            with_driver_markers(traced.device, traced.driver),
+            vcd,
+            title=f"piix3 trace: {traced.title}",
+            note="QEMU's clock ran on while GDB's port watch stopped the guest at each access (~0.6 ms "
+            "each): the gaps are mostly the watch's, the order and the values are the device's",
+        )
+        print(f"waveform: {wave.vcd} (device side in QEMU's time, driver functions as markers)")
+        print(f"  gtkwave {wave.vcd} {wave.gtkw}")
     if args.raw:
         for side, events in (
             ("driver side (GDB)", traced.driver),
@@ -469,6 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--ports", nargs="+", help="ports or names to watch (default: every IDE port)")
     tr.add_argument("--only-diff", action="store_true", help="print only the rows where the records differ")
     tr.add_argument("--raw", action="store_true", help="also list each side on its own")
+    tr.add_argument(
+        "--vcd",
+        metavar="FILE",
+        help="also write a waveform: FILE (VCD: registers, status bits, bus master, in QEMU's "
+        "time, with the driver's C function as a marker) and a GTKWave save file beside it (.gtkw)",
+    )
     tr.set_defaults(func=cmd_trace)
 
     b = sub.add_parser("bench", help="measure start, reset, calls, throughput; print a table")

@@ -7,15 +7,24 @@ commands) can load this module too.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.errors import HarnessError
 from harness.regs import bits, command_name, decode_error, decode_status
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from harness.portio.vcd import Waveform
 
 log = logging.getLogger(__name__)
 
@@ -235,9 +244,42 @@ def in_ranges(port: int, ranges: Sequence[tuple[int, int]]) -> bool:
 class Recorder:
     """What the driver-side watch and the device-side trace share: `events` (PortAccess) once
     closed, and `with` ending in close(); a close() failing while another exception is on its
-    way is logged, not raised over it."""
+    way is logged, not raised over it. `to_vcd(path)` draws the events as a waveform.
+
+    Every recorder made in this process is numbered (`serial`) and remembered weakly, so a
+    test's recorders can be found afterwards: `mark = Recorder.mark()` before, then
+    `Recorder.made_since(mark)` (the pytest plugin writes their VCDs when a test fails)."""
 
     events: list[PortAccess]
+    serial: int
+    _made: ClassVar[Iterator[int]] = itertools.count(1)
+    _last: ClassVar[int] = 0
+    _recent: ClassVar[list[weakref.ref[Recorder]]] = []
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        self = super().__new__(cls)
+        self.serial = Recorder._last = next(Recorder._made)
+        recent = [r for r in Recorder._recent if r() is not None]  # forget the collected ones
+        Recorder._recent = [*recent, weakref.ref(self)]
+        return self
+
+    @staticmethod
+    def mark() -> int:
+        """The serial of the last recorder made so far (0 before any)."""
+        return Recorder._last
+
+    @staticmethod
+    def made_since(mark: int) -> list[Recorder]:
+        """Recorders made after mark() returned `mark` and still alive, oldest first."""
+        alive = (r() for r in Recorder._recent)
+        return [r for r in alive if r is not None and r.serial > mark]
+
+    def to_vcd(self, path: str | os.PathLike[str], *, gtkw: bool = True) -> Waveform:
+        """Write `events` as a VCD file at path and a GTKWave save file beside it (.gtkw); see
+        harness.portio.vcd for the signals and the time base. PortError if nothing to draw."""
+        from harness.portio.vcd import write_vcd  # pyvcd: not needed by GDB's Python
+
+        return write_vcd(self.events, Path(path), title=type(self).__name__, gtkw=gtkw)
 
     def close(self) -> None:
         raise NotImplementedError
