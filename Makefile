@@ -12,11 +12,14 @@ CFLAGS := -m32 -march=i686 -ffreestanding -fno-pic -fno-pie -fno-stack-protector
 	-fno-omit-frame-pointer -fno-asynchronous-unwind-tables -mno-sse -mno-mmx \
 	-O2 -g -std=gnu11 -Wall -Wextra -Werror
 LDFLAGS := -m32 -nostdlib -static -no-pie -Wl,--build-id=none -Wl,-z,noexecstack
-GUEST_C := $(wildcard guest/*.c)
-GUEST_S := $(wildcard guest/*.S)
-GUEST_OBJ := $(patsubst guest/%,$(BUILD)/guest/%.o,$(GUEST_C) $(GUEST_S))
+# The guest's sources; a copy elsewhere builds with the same commands into its own BUILD:
+# `make guest GUEST_SRC=/tmp/x/guest BUILD=/tmp/x/build` (seeded bugs, mutants).
+GUEST_SRC := guest
+GUEST_C := $(wildcard $(GUEST_SRC)/*.c)
+GUEST_S := $(wildcard $(GUEST_SRC)/*.S)
+GUEST_OBJ := $(patsubst $(GUEST_SRC)/%,$(BUILD)/guest/%.o,$(GUEST_C) $(GUEST_S))
 
-.PHONY: deps guest run test debug bench lint clean
+.PHONY: deps guest run test debug bench lint mutate clean
 
 deps: $(STAMP)
 
@@ -37,17 +40,17 @@ $(STAMP): pyproject.toml
 
 guest: $(KERNEL)
 
-$(BUILD)/guest/%.c.o: guest/%.c $(wildcard guest/*.h) | $(BUILD)/guest
+$(BUILD)/guest/%.c.o: $(GUEST_SRC)/%.c $(wildcard $(GUEST_SRC)/*.h) | $(BUILD)/guest
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/guest/%.S.o: guest/%.S | $(BUILD)/guest
+$(BUILD)/guest/%.S.o: $(GUEST_SRC)/%.S | $(BUILD)/guest
 	$(CC) -m32 -g -c $< -o $@
 
 $(BUILD)/guest:
 	mkdir -p $@
 
-$(KERNEL): $(GUEST_OBJ) guest/linker.ld
-	$(CC) $(LDFLAGS) -T guest/linker.ld -o $@ $(GUEST_OBJ) $$($(CC) -m32 -print-libgcc-file-name)
+$(KERNEL): $(GUEST_OBJ) $(GUEST_SRC)/linker.ld
+	$(CC) $(LDFLAGS) -T $(GUEST_SRC)/linker.ld -o $@ $(GUEST_OBJ) $$($(CC) -m32 -print-libgcc-file-name)
 
 run: deps guest
 	$(VENV)/bin/piix3 run $(ARGS)
@@ -60,6 +63,11 @@ debug: deps guest
 
 bench: deps guest
 	$(VENV)/bin/piix3 bench $(ARGS)
+
+# Mutation testing of the driver (guest/ata.c, guest/pci.c): each mutant built and run against
+# the suite; killed/total and every survivor. Not part of `make test`. ARGS='--sample 10 --seed 1'.
+mutate: deps guest
+	$(VENV)/bin/python tests/mutate/run.py $(ARGS)
 
 lint: deps
 	$(VENV)/bin/ruff check harness tests

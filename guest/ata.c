@@ -3,14 +3,17 @@
  * Callers: one call at a time, interrupts off; the driver polls with nIEN set.
  *
  * QEMU behaviours this driver relies on (QEMU 7.2, hw/ide/core.c and piix.c):
- *  - An absent drive reads status 0x00 (real hardware floats to 0xFF): both mean "none".
+ *  - An absent drive reads status 0x00 (real hardware floats to 0xFF): both mean "none". A
+ *    CD-ROM (ATAPI) reads 0x00 after SRST too; its signature in LBA Mid/High tells it apart.
  *  - qboot leaves BAR4 = 0 and the PCI command register = 0: we assign and enable them.
  *  - With nIEN set the bus-master INTR bit never sets: DMA completion is ACTIVE clearing.
  *  - The LBA bit (0x40) in the device register is needed even for EXT commands.
  *  - An out-of-range LBA gives ABRT: we refuse it before touching a port.
  *  - A PRD table shorter than the transfer never completes: tables are built exact.
  *  - Clearing the bus-master START bit while a request is in flight makes QEMU wait for that
- *    request (ide_cancel_dma_sync): a DMA timeout leaves the engine alone.
+ *    request (ide_cancel_dma_sync): a DMA timeout leaves the engine running and returns; START
+ *    is cleared before anything else happens on that channel (its next command, or SRST), by
+ *    when the harness has let a held request go.
  */
 #include <stddef.h>
 #include "ata.h"
@@ -35,6 +38,7 @@ uint32_t ata_ram_end;
 int32_t piix3_bdf = -1;
 
 static struct ata_channel channels[2];
+static uint8_t engine_left_running[2];	/* a DMA timed out with START set on this channel */
 static int probing;	/* detection in progress: a missing drive is no error worth logging */
 static uint32_t prd_table[ATA_PRD_ENTRIES * 2] __attribute__((aligned(4096)));
 static uint16_t detect_buf[256];
@@ -89,11 +93,14 @@ static int fail(int code)
 	return code;
 }
 
-/* Record a failure seen on the wire: registers, phase, and the drive's LBA for device errors. */
+/* Record a failure seen on the wire: registers, phase, and the drive's LBA for device errors.
+   Error is valid only when the status shows ERR or DF with BSY clear; otherwise it stays 0 and
+   is not read (a timeout leaves the drive busy: its Error register means nothing yet). */
 static int fail_hw(int code, const struct ata_channel *ch, uint8_t status, uint32_t phase, int lba48)
 {
 	ata_last_error.status = status;
-	ata_last_error.error = cmd_in(ch, ATA_CB_ERR);
+	if (!(status & ATA_CB_STAT_BSY) && (status & (ATA_CB_STAT_ERR | ATA_CB_STAT_DF)))
+		ata_last_error.error = cmd_in(ch, ATA_CB_ERR);
 	ata_last_error.phase = phase;
 	if (ch->bm)
 		ata_last_error.bm_status = bm_in(ch, BM_STATUS);
@@ -175,10 +182,21 @@ struct ata_taskfile {
 	int lba48;		/* an EXT command: HOB bytes first */
 };
 
+/* After a DMA timeout the engine was left running (see the top): stop it before the channel
+   is used again. */
+static void stop_left_engine(int channel)
+{
+	if (!engine_left_running[channel])
+		return;
+	bm_out(&channels[channel], BM_CMD, 0);
+	engine_left_running[channel] = 0;
+}
+
 /* Select the drive, load the task file and write the command. */
 static int send_cmd(int drive, const struct ata_taskfile *tf)
 {
 	struct ata_channel *ch = chan_of(drive);
+	stop_left_engine(drive >> 1);
 	int rc = select_drive(drive, tf->lba48 ? 0 : (uint8_t)((tf->lba >> 24) & 0x0F));
 	if (rc)
 		return rc;
@@ -328,6 +346,7 @@ static int dma_xfer(int drive, uint64_t lba, uint32_t count, uint8_t *buf, int w
 	if (rc)
 		return rc;
 	bm_out(ch, BM_CMD, 0);
+	engine_left_running[drive >> 1] = 0;
 	bm_out(ch, BM_STATUS, (uint8_t)(bm_in(ch, BM_STATUS) | BM_STATUS_ERR | BM_STATUS_INTR));
 	outl((uint16_t)(ch->bm + BM_PRDT), (uint32_t)(uintptr_t)prd_table);
 	bm_out(ch, BM_CMD, dir);
@@ -347,7 +366,9 @@ static int dma_xfer(int drive, uint64_t lba, uint32_t count, uint8_t *buf, int w
 			break;	/* the drive aborted; the engine may still look active */
 		if (deadline_passed(deadline)) {
 			/* The engine is left running: in QEMU, clearing START mid-transfer
-			   waits for the request, forever if it never ends. SRST recovers. */
+			   waits for the request, forever if it never ends. The next command
+			   on the channel, or SRST, stops it. */
+			engine_left_running[drive >> 1] = 1;
 			return fail_hw(ATA_ERR_TIMEOUT, ch, st, ATA_PHASE_DMA, lba48);
 		}
 	}
@@ -447,6 +468,14 @@ static void copy_id_string(char *dst, const uint16_t *id, int word, int words)
 	dst[n] = 0;
 }
 
+/* The signature a packet (ATAPI) device leaves in LBA Mid/High after a reset and after
+   aborting IDENTIFY DEVICE. */
+static int atapi_signature(const struct ata_channel *ch)
+{
+	uint8_t mid = cmd_in(ch, ATA_CB_CL), high = cmd_in(ch, ATA_CB_CH);
+	return mid == 0x14 && high == 0xEB;
+}
+
 /* Probe one drive: is an ATA disk there? Fills ata_drives[drive] from its IDENTIFY data. */
 static void detect(int drive)
 {
@@ -466,8 +495,7 @@ static void detect(int drive)
 	int rc = identify_into(drive, detect_buf);
 	probing = 0;
 	if (rc) {
-		uint8_t cl = cmd_in(ch, ATA_CB_CL), chh = cmd_in(ch, ATA_CB_CH);
-		if (cl == 0x14 && chh == 0xEB)
+		if (atapi_signature(ch))
 			kprintf("ata: drive %d: ATAPI device, not a disk; ignored\n", drive);
 		ata_last_error = (struct ata_error_record){0};
 		return;
@@ -494,8 +522,22 @@ static const char *const drive_names[ATA_MAX_DRIVES] = {
 
 static void detect_channel(int channel)
 {
+	struct ata_channel *ch = &channels[channel];
+	/* After a reset a packet (ATAPI) device reads status 0 with its signature in LBA Mid/High,
+	   until the task file is written (both devices take every write): look at both first. */
+	int packet[2];
+	for (int unit = 0; unit < 2; unit++) {
+		cmd_out(ch, ATA_CB_DH, (uint8_t)(ATA_CB_DH_OBS | (unit ? ATA_CB_DH_DEV1 : 0)));
+		delay400(ch);
+		packet[unit] = alt_status(ch) == 0x00 && atapi_signature(ch);
+	}
 	for (int drive = channel * 2; drive < channel * 2 + 2; drive++) {
-		detect(drive);
+		if (packet[drive & 1]) {
+			ata_drives[drive] = (struct ata_drive){0};
+			kprintf("ata: drive %d: ATAPI device, not a disk; ignored\n", drive);
+		} else {
+			detect(drive);
+		}
 		const struct ata_drive *d = &ata_drives[drive];
 		if (d->present)
 			kprintf("ata: drive %d (%s): %s, %llu sectors (%llu MiB)%s, multiple %u\n", drive,
@@ -504,7 +546,7 @@ static void detect_channel(int channel)
 		else
 			kprintf("ata: drive %d (%s): none\n", drive, drive_names[drive]);
 	}
-	cmd_out(&channels[channel], ATA_CB_DH, ATA_CB_DH_OBS);	/* leave master selected */
+	cmd_out(ch, ATA_CB_DH, ATA_CB_DH_OBS);	/* leave master selected */
 }
 
 /**** Soft reset ****/
@@ -517,6 +559,7 @@ int ata_reset_channel(int channel)
 	if (!channels[0].cmd)
 		return fail(ATA_ERR_NOCTRL);
 	struct ata_channel *ch = &channels[channel];
+	stop_left_engine(channel);
 	ctl_out(ch, ATA_CB_DC_NIEN | ATA_CB_DC_SRST);
 	udelay(ATA_SRST_PULSE_US);
 	ctl_out(ch, ATA_CB_DC_NIEN);

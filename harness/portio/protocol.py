@@ -21,7 +21,10 @@ host is idle then); READ/WRITE MULTIPLE with no SET MULTIPLE MODE in the record 
 default is vendor specific, and after SRST it depends on SET FEATURES 66h/CCh), so only a failed
 or zero SET MULTIPLE MODE disables it and only a successful one gives the DRQ block size; a
 status read showing INTR/ERR clear counts as cleared; stopping the bus master early (an abort is
-allowed, at the price of the data).
+allowed, at the price of the data); leaving START set after a transfer that timed out, as long as
+it is cleared before the next command on the channel (PIIX3-BM-3 asks no more: the PIIX3 driver
+does this on purpose, since in QEMU clearing START while a request is in flight waits for that
+request; a software reset with START still set is not judged either).
 
 What a record cannot show: the LBA the driver meant (so a 28-bit command's LBA bits 27:24 in
 Device cannot be checked), and the PRD table in guest memory (pass `prd_tables`, one per START).

@@ -167,14 +167,17 @@ def test_driver_side_records_are_clean(title: str, events: list[PortAccess], str
 
 
 def test_driver_error_paths_deviate_where_expected() -> None:
-    """The driver's error paths, checked: device errors (ERR set) are handled by the book; the
-    two timeouts are not, in three places, all deliberate or harmless:
-    - ATA-ERR-1 (DMA timeout): fail_hw() reads Error for the record while the status still shows
+    """The error paths of the driver as it was when this record was made (before its fix): device
+    errors (ERR set) are handled by the book; the two timeouts are not, in three places:
+    - ATA-ERR-1 (DMA timeout): fail_hw() read Error for the record while the status still showed
       the command running (DRQ, no ERR): the value is meaningless;
     - PIIX3-BM-3: after that timeout the driver leaves START set on purpose (in QEMU, clearing
       it mid-request waits for the request: forever, when it is held); reset_channel()'s SRST
-      and re-detection then issue IDENTIFY with START still set; the next DMA clears it first;
-    - ATA-ERR-1 (PIO timeout): Error read while BSY."""
+      and re-detection then issued IDENTIFY with START still set;
+    - ATA-ERR-1 (PIO timeout): Error read while BSY.
+    The driver now reads Error only when valid and clears START before the next command on the
+    channel or SRST; tests/integration/test_gaps.py records its error paths live and finds them
+    clean. This record stays as real evidence that the rules catch both deviations."""
     rec = _record("qemu-trace-qboot-errors.log.gz")
     found = _check_record(rec)
     assert [v.rule.id for v in found] == ["ATA-ERR-1", "PIIX3-BM-3", "ATA-ERR-1"], render_text(found)
