@@ -7,11 +7,11 @@ commands) can load this module too.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
 import re
-import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,9 @@ _COM1_REGS = ("Data", "IER", "IIR/FCR", "LCR", "MCR", "LSR", "MSR", "SCR")
 _DEVCTL_BITS = ((0x80, "HOB"), (0x04, "SRST"), (0x02, "nIEN"))
 _BM_CMD_BITS = ((0x01, "START"), (0x08, "READ"))
 _BM_STATUS_BITS = ((0x01, "ACTIVE"), (0x02, "ERR"), (0x04, "INTR"), (0x20, "DRV0-DMA"), (0x40, "DRV1-DMA"))
+
+
+RECENT_RECORDERS = 16  # recorders Recorder.made_since can still return
 
 
 class PortError(HarnessError):
@@ -246,21 +249,22 @@ class Recorder:
     closed, and `with` ending in close(); a close() failing while another exception is on its
     way is logged, not raised over it. `to_vcd(path)` draws the events as a waveform.
 
-    Every recorder made in this process is numbered (`serial`) and remembered weakly, so a
-    test's recorders can be found afterwards: `mark = Recorder.mark()` before, then
-    `Recorder.made_since(mark)` (the pytest plugin writes their VCDs when a test fails)."""
+    Every recorder made in this process is numbered (`serial`), and the last RECENT_RECORDERS
+    are kept, so a test's recorders can be found afterwards, even one a helper made and
+    dropped: `mark = Recorder.mark()` before, then `Recorder.made_since(mark)` (the pytest
+    plugin writes their VCDs when a test fails). A kept recorder keeps its machine's Python
+    objects, nothing more: a closed machine's processes, files and guest RAM are gone."""
 
     events: list[PortAccess]
     serial: int
     _made: ClassVar[Iterator[int]] = itertools.count(1)
     _last: ClassVar[int] = 0
-    _recent: ClassVar[list[weakref.ref[Recorder]]] = []
+    _recent: ClassVar[collections.deque[Recorder]] = collections.deque(maxlen=RECENT_RECORDERS)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Self:
         self = super().__new__(cls)
         self.serial = Recorder._last = next(Recorder._made)
-        recent = [r for r in Recorder._recent if r() is not None]  # forget the collected ones
-        Recorder._recent = [*recent, weakref.ref(self)]
+        Recorder._recent.append(self)
         return self
 
     @staticmethod
@@ -270,9 +274,9 @@ class Recorder:
 
     @staticmethod
     def made_since(mark: int) -> list[Recorder]:
-        """Recorders made after mark() returned `mark` and still alive, oldest first."""
-        alive = (r() for r in Recorder._recent)
-        return [r for r in alive if r is not None and r.serial > mark]
+        """The recorders made after mark() returned `mark`, oldest first (at most the last
+        RECENT_RECORDERS of the process)."""
+        return [r for r in Recorder._recent if r.serial > mark]
 
     def to_vcd(self, path: str | os.PathLike[str], *, gtkw: bool = True) -> Waveform:
         """Write `events` as a VCD file at path and a GTKWave save file beside it (.gtkw); see

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 TIME_DEVICE = "qemu-timestamps"
 TIME_COUNTER = "event-counter"
 
-# (register name as PortMap.register gives it after the channel, direction) -> signal
+# register name (PortMap.register's, after the channel) -> signal: for writes, then for reads
 _WRITTEN = {
     "Features": "features",
     "Sector Count": "sector_count",
@@ -93,6 +93,7 @@ _CHANNEL_SIGNALS = (
 )
 _BITS = {"BSY", "DRDY", "DRQ", "ERR", "START", "ACTIVE"}
 _STRINGS = {"command_name"}
+MAX_ARTIFACT_EVENTS = 200_000  # per recorder in write_recorders: ~10 MB of VCD
 GTKW_SIZE = (1400, 900)  # GTKWave window, pixels
 GTKW_WAVE_PIXELS = 800  # of it, the wave pane's width to fit the record into
 _RECORDER_NAMES = {"PortWatch": "ports", "DeviceTrace": "device"}
@@ -130,19 +131,20 @@ def _signal(access: PortAccess) -> tuple[str, str] | None:
     return (channel, table[name]) if name in table else None
 
 
-def timeline(events: Sequence[PortAccess]) -> tuple[list[int], str]:
+def timeline(events: Sequence[PortAccess], first: int = 0) -> tuple[list[int], str]:
     """Each event's VCD time and the time base: ns since the first event when every event
-    is stamped (each at least 1 ns after the one before), else the event's index."""
+    is stamped (each at least 1 ns after the one before), else the event's index in the
+    record (`first` + its index here, when events are a record's tail)."""
     if events and all(e.time_us is not None for e in events):
-        first = events[0].time_us or 0.0
+        start = events[0].time_us or 0.0
         times: list[int] = []
         previous = -1
         for e in events:
-            t = max(round(((e.time_us or 0.0) - first) * 1000), previous + 1)
+            t = max(round(((e.time_us or 0.0) - start) * 1000), previous + 1)
             times.append(t)
             previous = t
         return times, TIME_DEVICE
-    return list(range(len(events))), TIME_COUNTER
+    return list(range(first, first + len(events))), TIME_COUNTER
 
 
 def _function_and_line(where: str) -> tuple[str, int | None]:
@@ -215,11 +217,13 @@ def write_vcd(
     title: str = "",
     note: str = "",
     gtkw: bool = True,
+    first: int = 0,
 ) -> Waveform:
     """Draw a record (driver or device side, raw or normalized) as a VCD file at path, and a
     GTKWave save file beside it (path with suffix .gtkw) unless gtkw is False. title and note
-    go into the file's $comment. Raises PortError when nothing in the record is an IDE
-    register, or a file cannot be written."""
+    go into the file's $comment; `first` is the index in the record of events[0] (when
+    drawing a record's tail), which piix3.event shows. Raises PortError when nothing in the
+    record is an IDE register, or a file cannot be written."""
     path = Path(path)
     if path.suffix == ".gtkw":
         raise PortError(f"{path}: give the VCD file's name (the .gtkw file is written beside it)")
@@ -230,13 +234,13 @@ def write_vcd(
             f"nothing to draw in {path.name}: none of the record's {len(events)} accesses is one of the "
             "IDE registers drawn" + (" (a watch's events are filled in when it closes)" if not events else "")
         )
-    times, time_base = timeline(events)
+    times, time_base = timeline(events, first)
     channels = [ch for ch in CHANNELS if any(s[0] == ch for _, _, s in drawable)]
     markers = any(e.where for e in events)
     comment = _comment(title, events, time_base, len(drawable)) + (f"\n{note}" if note else "")
     try:
-        with open(path, "w", encoding="ascii") as f:
-            signals, end = _draw(f, events, drawable, times, time_base, channels, markers, comment)
+        with open(path, "w", encoding="utf-8") as f:
+            signals, end = _draw(f, drawable, times, time_base, channels, markers, comment, first)
         save = path.with_suffix(".gtkw") if gtkw else None
         if save is not None:
             with open(save, "w", encoding="utf-8") as f:
@@ -248,13 +252,13 @@ def write_vcd(
 
 def _draw(
     f: IO[str],
-    events: Sequence[PortAccess],
     drawable: Sequence[tuple[int, PortAccess, tuple[str, str]]],
     times: Sequence[int],
     time_base: str,
     channels: Sequence[str],
     markers: bool,
     comment: str,
+    first: int,
 ) -> tuple[tuple[str, ...], int]:
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     with VCDWriter(f, timescale="1 ns", date=now, comment=comment, version="piix3-harness") as writer:
@@ -263,7 +267,7 @@ def _draw(
         moved = dict.fromkeys(channels, 0)
         for index, e, (ch, name) in drawable:
             t = times[index]
-            writer.change(v["piix3.event"], t, index)
+            writer.change(v["piix3.event"], t, first + index)
             if markers and e.where:
                 function, line = _function_and_line(e.where)
                 writer.change(v["piix3.driver.function"], t, _token(function))
@@ -372,14 +376,29 @@ def recorder_file_stem(recorder: Recorder) -> str:
     return f"{recorder.serial:02d}-{_RECORDER_NAMES.get(kind, kind.lower())}"
 
 
-def write_recorders(recorders: Iterable[Recorder], directory: str | Path) -> list[Path]:
+def write_recorders(
+    recorders: Iterable[Recorder], directory: str | Path, max_events: int = MAX_ARTIFACT_EVENTS
+) -> list[Path]:
     """Each recorder's events as directory/NN-ports.vcd or NN-device.vcd (and .gtkw beside
-    it); recorders with nothing to draw are left out. The VCD paths written."""
+    it), at most the last max_events of each (a failure is usually at the end; the file
+    says so); recorders with nothing to draw are left out. The VCD paths written. PortError
+    if a file cannot be written."""
     directory = Path(directory)
     written: list[Path] = []
     for recorder in recorders:
-        if not any(_signal(e) for e in recorder.events):
+        events = recorder.events
+        first = max(0, len(events) - max_events)
+        tail = events[first:]
+        if not any(_signal(e) for e in tail):
             continue
         directory.mkdir(parents=True, exist_ok=True)
-        written.append(recorder.to_vcd(directory / f"{recorder_file_stem(recorder)}.vcd").vcd)
+        note = f"only accesses {first}..{len(events) - 1} of {len(events)}: the record's end" if first else ""
+        wave = write_vcd(
+            tail,
+            directory / f"{recorder_file_stem(recorder)}.vcd",
+            title=type(recorder).__name__,
+            note=note,
+            first=first,
+        )
+        written.append(wave.vcd)
     return written

@@ -24,7 +24,7 @@ from vcd.reader import TokenKind, tokenize
 from vcdvcd import VCDVCD  # type: ignore[import-untyped]
 
 from harness import cli
-from harness.portio.access import PortAccess, PortError, PortMap, Recorder
+from harness.portio.access import RECENT_RECORDERS, PortAccess, PortError, PortMap, Recorder
 from harness.portio.devtrace import DeviceTrace, parse_trace
 from harness.portio.vcd import (
     TIME_COUNTER,
@@ -334,9 +334,42 @@ def test_recorders_made_since_a_mark_are_found_and_written(tmp_path: Path) -> No
     assert [p.name for p in paths] == [f"{recorder_file_stem(io)}.vcd", f"{recorder_file_stem(dev)}.vcd"]
     assert recorder_file_stem(io).endswith("-ports") and recorder_file_stem(dev).endswith("-device")
     assert all(p.with_suffix(".gtkw").exists() for p in paths)
-    del io, empty
-    assert Recorder.made_since(mark) == [dev]  # remembered weakly: a dropped recorder is forgotten
     assert write_recorders([], tmp_path / "none") == [] and not (tmp_path / "none").exists()
+
+
+def test_a_long_record_is_written_as_its_tail(tmp_path: Path) -> None:
+    io = _port_watch(PIO_WRITE)
+    (path,) = write_recorders([io], tmp_path, max_events=10)
+    w = Waves(path)
+    first = len(PIO_WRITE) - 10
+    assert f"only accesses {first}..{len(PIO_WRITE) - 1} of {len(PIO_WRITE)}" in w.text
+    # still access N at time N; before the tail, unknown
+    assert w.tv["piix3.event"] == [(0, None)] + [(i, i) for i in range(first, len(PIO_WRITE))]
+    moved = sum(e.count * e.width for e in PIO_WRITE[first:] if e.register == "primary Data")
+    assert w.changes("piix3.primary.data_bytes")[-1] == moved  # counted from the tail's start
+    device = _device_trace(SEABIOS_OPS[:100])
+    (dev_path,) = write_recorders([device], tmp_path, max_events=40)
+    times, _ = timeline(SEABIOS_OPS[60:100])
+    assert Waves(dev_path).tv["piix3.event"][0] == (0, 60) and times[0] == 0
+
+
+def test_a_recorder_a_helper_dropped_is_still_found() -> None:
+    mark = Recorder.mark()
+
+    def helper() -> list[PortAccess]:  # the test keeps the events, not the recorder
+        return _port_watch(PIO_WRITE).events
+
+    assert helper() == PIO_WRITE
+    (found,) = Recorder.made_since(mark)
+    assert found.events == PIO_WRITE and isinstance(found, PortWatch)
+
+
+def test_only_the_last_recorders_are_kept() -> None:
+    mark = Recorder.mark()
+    made = [_port_watch([]) for _ in range(RECENT_RECORDERS + 3)]
+    assert Recorder.made_since(mark) == made[3:]  # bounded: a long session does not pile them up
+    del made
+    assert len(Recorder.made_since(mark)) == RECENT_RECORDERS
 
 
 # --- piix3 trace --vcd: bad paths refused before anything starts ------------------------------
