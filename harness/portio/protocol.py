@@ -662,6 +662,8 @@ class Checker:
     def _complete(self, ch: _Channel, cmd: _Command, value: int) -> None:
         cmd.completed = True
         ch.block_open = False
+        if ch.pending_dma is cmd:  # done (aborted, or run by a START set before it): none pending
+            ch.pending_dma = None
         if cmd.opcode == CMD_SET_MULTIPLE and cmd.drive is not None:
             self.multiple[cmd.drive] = 0 if value & ERR else cmd.count
         if cmd.opcode in (CMD_DIAGNOSTIC, CMD_DEVICE_RESET):

@@ -849,6 +849,18 @@ def test_hardware_reset_clears_channel_state() -> None:
     assert check(rec.events, hardware_resets=[reset_at]) == []
 
 
+def test_a_dma_command_run_by_an_early_start_is_not_left_pending() -> None:
+    """START set before the command (the bus master already running) starts that command's
+    transfer: it completes, and the next START before the next command is judged, not taken
+    for the first command's."""
+    rec = Rec().issue(0xE7).done().dma_setup(0x08).bm_cmd(0x09).issue(0xC8, 1).polls(0x50, 2)
+    rec.bm_cmd(0x08).status(0x50, alt=False)
+    assert [v.rule.id for v in check(rec.events)] == ["PIIX3-BM-2", "PIIX3-BM-3"]  # START set at the Command
+    rec.dma_setup(0x08).bm_cmd(0x09)
+    last = check(rec.events)[-1]
+    assert last.rule.id == "PIIX3-BM-2" and last.index == len(rec.events) - 1
+
+
 def test_bus_master_by_register_name_or_port() -> None:
     """Hand-built events without register names fall back on the port map's bus-master base."""
     named = Rec().dma(0xC8, start=0x01).events
