@@ -476,9 +476,12 @@ class Machine:
             agent, ranges, str(port) if not isinstance(port, int) else f"{port:#x}", direction, value
         )
 
-    def device_trace(self, patterns: Sequence[str] | None = None) -> DeviceTrace:
+    def device_trace(self, patterns: Sequence[str] | None = None, *, data: bool = True) -> DeviceTrace:
         """`with m.device_trace() as dev:` records what QEMU's IDE/bus-master emulation saw
-        (its ide_*/bmdma_* trace events) while active; `dev.events` are PortAccess events."""
-        from harness.portio.devtrace import TRACE_PATTERNS, DeviceTrace
+        (its ide_*/bmdma_* trace events) while active; `dev.events` are PortAccess events.
+        data=False leaves out the data-port words (one event per word in QEMU: bulk PIO makes
+        huge records)."""
+        from harness.portio.devtrace import DATA_EVENTS, TRACE_PATTERNS, DeviceTrace
 
-        return DeviceTrace(self.target, self.ports.port_map, patterns or TRACE_PATTERNS)
+        exclude = () if data else DATA_EVENTS
+        return DeviceTrace(self.target, self.ports.port_map, patterns or TRACE_PATTERNS, exclude)

@@ -31,6 +31,8 @@ QMP_COMMAND_TIMEOUT = 10.0  # s, for one QMP command
 QEMU_QUIT_TIMEOUT = 5.0  # s, for QEMU to exit after `quit`
 QEMU_EXIT_GRACE = 1.0  # s, for a QEMU that hung up on us to finish exiting
 POLL_SLICE = 0.02  # s, how often a wait for QEMU checks that it is still alive
+EVENT_SETTLE = 0.01  # s, a pause in QMP events long enough to say QEMU has sent them all
+EVENT_DRAIN_LIMIT = 1.0  # s, at most, reading a burst of QMP events
 FIRMWARE = {"seabios": None, "qboot": "/usr/share/qemu/qboot.rom"}
 MAX_DRIVES = 4
 TRACE_LOG_NAME = "qemu-trace.log"  # QEMU's -D log: device-side trace events (harness/devtrace.py)
@@ -358,8 +360,17 @@ class QemuProcess:
         events: list[dict[str, Any]] = []
         try:
             if wait:
-                with contextlib.suppress(TimeoutError, asyncio.TimeoutError):  # none within `wait`
-                    events += self.qmp.get_events(wait=wait)
+                # each read returns what has been parsed so far: go on while more keep coming
+                deadline = time.monotonic() + EVENT_DRAIN_LIMIT
+                batch_wait = wait
+                while time.monotonic() < deadline:
+                    batch: list[dict[str, Any]] = []
+                    with contextlib.suppress(TimeoutError, asyncio.TimeoutError):  # none in time
+                        batch = self.qmp.get_events(wait=batch_wait)
+                    if not batch:
+                        break
+                    events += batch
+                    batch_wait = EVENT_SETTLE
             events += self.qmp.get_events(wait=False)
         except Exception:  # a dead QMP connection has no more events to give
             pass

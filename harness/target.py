@@ -61,7 +61,9 @@ class Target:
         self.down = ""  # why the target cannot take calls (closed, a reboot failed), if so
         self.resume_hooks: list[Callable[[], None]] = []  # before every resume (port watches arm)
         self.stop_hooks: list[Callable[[Stop], Stop]] = []  # explain a stop that is not the park
-        self.device_traces = 0  # device_trace() contexts active (harness/devtrace.py)
+        self.device_traces = 0  # device_trace() contexts active (harness/portio/devtrace.py)
+        self.boot_hooks: list[Callable[[], None]] = []  # a new QEMU is up (paused), before it runs
+        self.halt_hooks: list[Callable[[], None]] = []  # a QEMU has gone (its logs are complete)
         self._ram: mmap.mmap | None = None
         self._ram_dir: Path | None = None  # where the RAM file went when rundir had no room
         self._symbols: dict[str, int] = {}
@@ -111,6 +113,8 @@ class Target:
             self.gdb.spawn()  # loads symbols while QEMU starts
         self.qemu = QemuProcess(self.config, paths)
         self.qemu.start()
+        for hook in self.boot_hooks:
+            hook()
         gdb = self.gdb
         if new_gdb:
             gdb.wait_ready()
@@ -153,6 +157,8 @@ class Target:
             else:
                 self.qemu.kill()
             self.qemu = None
+            for hook in self.halt_hooks:
+                hook()
         if self.gdb is not None:
             if keep_gdb and self.gdb.alive():
                 with contextlib.suppress(GdbError, HarnessTimeout):

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -109,12 +109,19 @@ class PortAccess:
         return self.brief() + (f"  [{self.where}]" if self.where else "")
 
 
+NAME_CACHE = 4096  # distinct accesses a PortMap remembers the names of
+
+
 @dataclass(frozen=True)
 class PortMap:
     """Names and decodes ports: the PIIX3 IDE channels (legacy bases), its bus master at
     bm_base, PCI configuration and COM1."""
 
     bm_base: int = BMIBA_DEFAULT
+    # (direction, port, width, value, count) -> (register, decoded), filled by access()
+    _names: dict[tuple[str, int, int, int | None, int], tuple[str, str]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def named_ranges(self) -> dict[str, list[tuple[int, int]]]:
         bm = self.bm_base
@@ -227,14 +234,20 @@ class PortMap:
         **extra: Any,
     ) -> PortAccess:
         """A PortAccess with its register named and value decoded."""
+        key = (direction, port, width, value, count)
+        names = self._names.get(key)
+        if names is None:  # a record repeats itself (status polls): name each access once
+            names = (self.register(port, direction), self.decode(direction, port, width, value, count))
+            if len(self._names) < NAME_CACHE:
+                self._names[key] = names
         return PortAccess(
             direction=direction,
             port=port,
             width=width,
             value=value,
             count=count,
-            register=self.register(port, direction),
-            decoded=self.decode(direction, port, width, value, count),
+            register=names[0],
+            decoded=names[1],
             **extra,
         )
 

@@ -14,6 +14,8 @@ that sets up the bus master, issues the command, polls and stops on one channel 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.errors import HarnessError
 from harness.portio.access import (
     BM_CHANNEL_STRIDE,
     PRIMARY_CMD,
@@ -36,11 +39,15 @@ from harness.portio.compare import normalize
 from harness.regs import command_name
 
 if TYPE_CHECKING:
+    from harness.qemu import QemuProcess
     from harness.target import Target
 
 log = logging.getLogger(__name__)
 
 TRACE_PATTERNS = ("ide_*", "bmdma_*")  # QMP trace-event-set-state names (globs allowed)
+# QEMU logs every data-port word as its own event (2048 lines per 8 KiB PIO block, 36 MB per MiB):
+# a record kept all the time leaves them out, and with them the rules that count data words.
+DATA_EVENTS = ("ide_data_*",)
 
 # QEMU's log backend line: "[pid@seconds.micros:]event text"; the stamp is there with
 # `-msg timestamp=on` (gettimeofday, truncated to whole microseconds).
@@ -188,20 +195,30 @@ def parse_trace(lines: Iterable[str], port_map: PortMap | None = None) -> Device
 
 class DeviceTrace(Recorder):
     """`with m.device_trace() as dev:` records what QEMU's IDE emulation saw while active;
-    afterwards `dev.events` (PortAccess, like the driver side) and `dev.actions`."""
+    afterwards `dev.events` (PortAccess, like the driver side) and `dev.actions`.
+
+    A trace spans reboots: when a QEMU goes (power_cycle, crash), what it logged is kept, and
+    the next QEMU logs from its first instruction (firmware included); `dev.resets` lists the
+    event indices where a new QEMU (a hardware reset of the controller) began."""
 
     def __init__(
-        self, target: Target, port_map: Callable[[], PortMap], patterns: Sequence[str] = TRACE_PATTERNS
+        self,
+        target: Target,
+        port_map: Callable[[], PortMap],
+        patterns: Sequence[str] = TRACE_PATTERNS,
+        exclude: Sequence[str] = (),
     ) -> None:
         self._m = target
         self._port_map = port_map
         self.patterns = tuple(patterns)
+        self.exclude = tuple(exclude)  # events left off (e.g. DATA_EVENTS), though patterns match them
         self.events: list[PortAccess] = []
         self.actions: list[DeviceAction] = []
         self.unparsed: list[str] = []
         self.lines: list[str] = []
+        self.resets: list[int] = []  # event indices where a new QEMU process began
+        self._segments: list[list[str]] = []  # the lines of each QEMU that has gone
         self._offset: int | None = None
-        self._pid: int | None = None
 
     @property
     def path(self) -> Path:
@@ -214,19 +231,49 @@ class DeviceTrace(Recorder):
         _, qemu = self._m.live()
         if qemu.qmp is None:
             raise PortError("QEMU's QMP is not connected", artifacts=self._m.artifact_files())
+        self._enable(qemu, enable)
+
+    def _enable(self, qemu: QemuProcess, enable: bool) -> None:
         for pattern in self.patterns:
             qemu.command("trace-event-set-state", name=pattern, enable=enable)
+        if enable:
+            for pattern in self.exclude:
+                qemu.command("trace-event-set-state", name=pattern, enable=False)
+
+    def _read_from(self, offset: int) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+
+    def _qemu_gone(self) -> None:
+        """Keep what the QEMU that went logged: the next one starts the log afresh."""
+        if self._offset is not None:
+            self._segments.append(self._read_from(self._offset))
+            self._offset = 0
+
+    def _qemu_up(self) -> None:
+        """A new QEMU, still paused: trace it from its first instruction."""
+        if self._offset is not None:
+            self._offset = self.path.stat().st_size if self.path.exists() else 0
+            qemu = self._m.qemu
+            assert qemu is not None
+            self._enable(qemu, True)
 
     def __enter__(self) -> DeviceTrace:
         path = self.path
         self._offset = path.stat().st_size if path.exists() else 0
-        self._pid = self._m.qemu.pid if self._m.qemu else None
         self._m.device_traces += 1
         try:
             self._set(True)
         except BaseException:
             self._m.device_traces -= 1
+            self._offset = None
             raise
+        self._m.halt_hooks.append(self._qemu_gone)
+        self._m.boot_hooks.append(self._qemu_up)
         return self
 
     def close(self) -> None:
@@ -235,22 +282,25 @@ class DeviceTrace(Recorder):
             return
         offset, self._offset = self._offset, None
         self._m.device_traces -= 1
-        if self._m.qemu is None:
-            return
-        if self._m.qemu.pid != self._pid:
-            raise PortError(
-                "QEMU was restarted (power_cycle or crash) during device_trace; a trace covers one "
-                "QEMU process",
-                artifacts=[self.path],
-            )
-        if self._m.device_traces == 0:
-            self._set(False)
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            text = f.read().decode(errors="replace")
-        self.lines = text.splitlines()
-        rec = parse_trace(self.lines, self._port_map())
-        self.events, self.actions, self.unparsed = rec.events, rec.actions, rec.unparsed
+        self._m.halt_hooks.remove(self._qemu_gone)
+        self._m.boot_hooks.remove(self._qemu_up)
+        segments = self._segments
+        if self._m.qemu is not None:
+            if self._m.device_traces == 0:
+                with contextlib.suppress(HarnessError):  # a QEMU that died logged what it could
+                    self._set(False)
+            segments = [*segments, self._read_from(offset)]
+        pmap = self._port_map()
+        self.lines, self.events, self.actions, self.unparsed, self.resets = [], [], [], [], []
+        for number, lines in enumerate(segments):
+            if number:
+                self.resets.append(len(self.events))
+            rec = parse_trace(lines, pmap)
+            base = len(self.events)
+            self.lines += lines
+            self.events += rec.events
+            self.actions += [dataclasses.replace(a, index=a.index + base) for a in rec.actions]
+            self.unparsed += rec.unparsed
 
     def __str__(self) -> str:
         return "\n".join(str(e) for e in normalize(self.events))

@@ -4,6 +4,7 @@ and a check that every QEMU and GDB the harness started is gone.
 hooks.py     options, markers, reports naming the logs, leak checks, --piix3-keep-on-fail
 fixtures.py  machine, machine_factory, disk, piix3_firmware
 pool.py      the snapshot pool behind the fast `machine` fixture
+protocol.py  the protocol checker on every test (QEMU's device trace, checked after the body)
 state.py     what they share (pytest stash keys)
 """
 
@@ -20,6 +21,7 @@ from harness.pytest_plugin.hooks import (
     pytest_addoption,
     pytest_configure,
     pytest_generate_tests,
+    pytest_runtest_call,
     pytest_runtest_makereport,
     pytest_sessionfinish,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "pytest_addoption",
     "pytest_configure",
     "pytest_generate_tests",
+    "pytest_runtest_call",
     "pytest_runtest_makereport",
     "pytest_sessionfinish",
 ]

@@ -15,7 +15,7 @@ import pytest
 
 from harness.disk import DiskImage
 from harness.machine import Machine
-from harness.pytest_plugin import state
+from harness.pytest_plugin import protocol, state
 from harness.pytest_plugin.hooks import firmware_choice
 from harness.pytest_plugin.pool import SnapshotPool
 
@@ -68,6 +68,7 @@ def machine_factory(
         request.node.stash.setdefault(state.MACHINES, []).append(m)
         dirs.append(out)
         m.start()
+        protocol.watch(request.node, m)
         return m
 
     yield make
@@ -111,6 +112,7 @@ def machine(
         return
     pool: SnapshotPool = request.getfixturevalue("piix3_snapshot_pool")
     m = pool.get(piix3_firmware)
+    protocol.watch(request.node, m)
     request.node.stash.setdefault(state.MACHINES, []).append(m)
     logs = m.artifacts
     marks = {f: f.stat().st_size for f in logs.iterdir() if f.is_file()} if logs else {}

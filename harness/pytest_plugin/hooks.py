@@ -18,13 +18,20 @@ from harness import procs
 from harness.errors import HarnessError, raise_terminated
 from harness.machine import Machine
 from harness.paths import GDBINIT
-from harness.pytest_plugin import state
+from harness.pytest_plugin import protocol, state
 from harness.pytest_plugin.pool import POOL
 from harness.qemu import FIRMWARE
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("piix3", "piix3-harness")
+    group.addoption(
+        "--piix3-protocol",
+        choices=["on", "off"],
+        default="on",
+        help="check every test's IDE/bus-master accesses against the ATA and PIIX3 protocol rules, "
+        "from QEMU's device trace (default on; off for one test: @pytest.mark.piix3_protocol(False))",
+    )
     group.addoption(
         "--piix3-firmware",
         choices=[*sorted(FIRMWARE), "both"],
@@ -64,6 +71,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "qemu: starts real QEMU and GDB (integration test)")
     config.addinivalue_line(
         "markers",
+        "piix3_protocol(enabled): piix3_protocol(False) turns the protocol checker off for a test "
+        "that misbehaves on purpose",
+    )
+    config.addinivalue_line(
+        "markers",
         "piix3_faults(faults): the `machine` fixture injects these disk errors, "
         "e.g. piix3_faults({0: [Fault('read', sector=500)]})",
     )
@@ -71,6 +83,20 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "piix3_fresh: the `machine` fixture boots a fresh QEMU on a raw image instead of a snapshot",
     )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """After the test body: the protocol check of every machine it used (see protocol.py)."""
+    try:
+        result = yield
+    except BaseException:
+        protocol.discard(item)
+        raise
+    reports = protocol.check(item)
+    if reports:
+        pytest.fail("\n\n".join(reports), pytrace=False)
+    return result
 
 
 @pytest.hookimpl(wrapper=True)

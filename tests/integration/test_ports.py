@@ -375,13 +375,24 @@ def test_piix3_trace_prints_both_sides(tmp_path: Path) -> None:
     assert DiskImage(image).read_sectors(5, 1) == b"hello".ljust(SECTOR, b"\0")
 
 
-def test_device_trace_needs_one_qemu(machine_factory: MachineFactory, disk: DiskImage) -> None:
+@pytest.mark.parametrize("reboot", ["power_cycle", "crash"])
+def test_device_trace_spans_reboots(machine_factory: MachineFactory, disk: DiskImage, reboot: str) -> None:
+    """What the first QEMU logged is kept; the next one is traced from its first instruction
+    (firmware and driver init included); `resets` says where the new process began."""
     m = machine_factory(disks=[disk])
-    with pytest.raises(PortError, match="restarted"), m.device_trace():
-        m.power_cycle()
     with m.device_trace() as dev:
         m.ata.flush(0)
-    assert dev.events and dev.unparsed == []
+        getattr(m, reboot)()
+        m.ata.flush(0)
+    assert dev.unparsed == []
+    assert len(dev.resets) == 1
+    before, after = dev.events[: dev.resets[0]], dev.events[dev.resets[0] :]
+    flushes = [e for e in dev.events if "FLUSH CACHE" in e.decoded]
+    assert len(flushes) == 2 and flushes[0] in before and flushes[1] in after
+    assert any("IDENTIFY DEVICE" in e.decoded for e in after), "the boot's detection is in the trace"
+    with m.device_trace() as dev2:
+        m.ata.flush(0)
+    assert dev2.resets == [] and sum("FLUSH CACHE" in e.decoded for e in dev2.events) == 1
 
 
 def test_a_recording_failure_is_reported_not_hidden(machine: Machine) -> None:
