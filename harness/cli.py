@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from harness import check_trace, message
+from harness import check_trace, message, rundir
 from harness.disk import MAX_IMAGE_BYTES, MIB, SECTOR, DiskImage, DiskImageError
 from harness.errors import HarnessError, raise_terminated
 from harness.machine import Machine
@@ -400,6 +400,15 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0 if traced.comparison.ok else 1
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    """Remove the private run directories (sockets, RAM files) of harness processes that are gone."""
+    removed = rundir.sweep_stale()
+    for path in removed:
+        print(f"removed {path}")
+    print(f"piix3 clean: {len(removed)} run directories of processes that are gone removed")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench import measure, report
 
@@ -510,6 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite", action="store_true", help="also time the whole test suite serial vs -n auto (minutes)"
     )
     b.set_defaults(func=cmd_bench)
+
+    cl = sub.add_parser(
+        "clean",
+        help="remove run directories (sockets, guest RAM) left by harness processes that were killed",
+    )
+    cl.set_defaults(func=cmd_clean)
 
     ct = sub.add_parser(
         "check-trace",

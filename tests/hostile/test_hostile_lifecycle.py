@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import AtaCode, AtaError, ConfigError, DiskImage, HarnessError, Machine, procs, rundir
+from harness import AtaCode, AtaError, ConfigError, DiskImage, HarnessError, Machine, cli, procs, rundir
 from harness.gdbmi import GdbMi
 from harness.paths import find_kernel
 from harness.pytest_plugin import MachineFactory
@@ -47,7 +47,9 @@ def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-def test_run_directories_of_killed_owners_are_swept(tmp_path: Path) -> None:
+def test_run_directories_of_killed_owners_are_swept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """SIGKILL cannot be cleaned up after by the process it kills: the next Machine does it."""
     img = DiskImage.create(tmp_path / "d.img", size_mib=8)
     script = (
@@ -69,9 +71,10 @@ def test_run_directories_of_killed_owners_are_swept(tmp_path: Path) -> None:
     assert left.is_dir(), "SIGKILL left nothing behind: this test shows nothing"
     deadline = time.monotonic() + 5
     while left.is_dir() and time.monotonic() < deadline:  # the child's QEMU/GDB die with it
-        rundir.sweep_stale()
+        assert cli.main(["clean"]) == 0
         time.sleep(0.05)
     assert not left.exists()
+    assert f"removed {left}" in capsys.readouterr().out
 
 
 def test_sweep_keeps_live_owners_directories() -> None:
