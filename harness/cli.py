@@ -19,22 +19,14 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from harness import check_trace, message, rundir
-from harness.disk import MAX_IMAGE_BYTES, MIB, SECTOR, DiskImage, DiskImageError
+from harness.abi import SECTOR
+from harness.disk import MAX_IMAGE_BYTES, MIB, DiskImage, DiskImageError
 from harness.errors import HarnessError, raise_terminated
 from harness.machine import Machine
 from harness.paths import BUILD_DIR, GDBINIT, find_kernel
-from harness.qemu import FIRMWARE, QemuConfig, QemuPaths, QemuProcess
+from harness.qemu import FIRMWARE, LOG_FILES, QemuConfig, QemuPaths, QemuProcess
 
 DEFAULT_IMAGE = BUILD_DIR / "disk.img"
-RUN_LOGS = (
-    "serial.log",
-    "qemu.log",
-    "qemu-trace.log",
-    "gdb-mi.log",
-    "qemu.cmdline",
-    "gdb.cmdline",
-    "hang.txt",
-)
 DEFAULT_LBA = 2048
 DEFAULT_SIZE_MIB = 64
 T = TypeVar("T")
@@ -204,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     created = not exists
     if created:
         disk = DiskImage.create(image, size_mib=args.size_mib)
-    for name in RUN_LOGS:  # only what an earlier run wrote here: the directory may be the user's
+    for name in LOG_FILES:  # only what an earlier run wrote here: the directory may be the user's
         try:
             (artifacts / name).unlink()
         except FileNotFoundError:

@@ -29,11 +29,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.abi import SECTOR
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
 
-SECTOR = 512
 QCOW2_MAGIC = b"QFI\xfb"
 QEMU_IMG_TIMEOUT = 30.0
 FORMATS = ("raw", "qcow2")

@@ -6,7 +6,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-SECTOR = 512
+from harness.abi import SECTOR
+
 MAGIC = b"PIIX3MSG"
 _HEADER = struct.Struct("<8sII")  # magic, payload length, CRC-32 of the payload
 MAX_MESSAGE = 64 * 1024

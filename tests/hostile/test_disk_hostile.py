@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from harness import HarnessError
-from harness.disk import SECTOR, DiskImage, DiskImageError
+from harness.abi import SECTOR
+from harness.disk import DiskImage, DiskImageError
 
 pytestmark = pytest.mark.timeout(20)  # a row that opens the FIFO would block forever
 

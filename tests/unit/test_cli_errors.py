@@ -15,7 +15,8 @@ import pytest
 
 import harness.bench.measure
 from harness import cli
-from harness.disk import SECTOR, DiskImage
+from harness.abi import SECTOR
+from harness.disk import DiskImage
 
 needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img is not on PATH")
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import harness.disk
-from harness.disk import SECTOR, DiskImage, DiskImageError
+from harness.abi import SECTOR
+from harness.disk import DiskImage, DiskImageError
 from harness.errors import HarnessError
 
 MIB = 1024 * 1024
