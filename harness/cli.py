@@ -28,6 +28,7 @@ from harness.qemu import FIRMWARE, LOG_FILES, QemuConfig, QemuPaths, QemuProcess
 
 DEFAULT_IMAGE = BUILD_DIR / "disk.img"
 DEFAULT_LBA = 2048
+POWER_LOSS_SUFFIXES = ("[not flushed]", "[flushed]")  # piix3 run --power-loss: the two messages
 DEFAULT_SIZE_MIB = 64
 T = TypeVar("T")
 
@@ -176,13 +177,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.message is not None
         else f"Hello from piix3-harness, written {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M:%S} UTC"
     )
+    texts = [f"{text} {suffix}" for suffix in POWER_LOSS_SUFFIXES] if args.power_loss else [text]
     try:
-        record = message.encode(text)
+        records = [message.encode(t) for t in texts]
     except ValueError as exc:  # too long, or not encodable (lone surrogates from the command line)
         raise BadArgument(f"--message: {exc}") from None
-    count = len(record) // SECTOR
+    record = records[0]
+    count = max(len(r) for r in records) // SECTOR
     lba = args.lba
     disk, exists = _image_arg(args.image, create=True)
+    if args.power_loss and disk.format != "raw":
+        raise BadArgument(
+            f"--power-loss: {disk.path} is {disk.format}; a volatile write cache needs a raw image"
+        )
     artifacts = _dir_arg(args.artifacts, "--artifacts", create=True)
     if exists:
         disk.validate()  # content and lock (DiskImageError, status 1) before anything starts
@@ -206,7 +213,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(
         f"piix3 run: {'new' if created else 'existing'} image {image} ({disk.size >> 20} MiB {disk.format}), "
         f"drive 0, LBA {lba}, firmware {args.firmware}"
+        + (", volatile write cache" if args.power_loss else "")
     )
+    if args.power_loss:
+        return _run_power_loss(args, disk, artifacts, texts, records)
     steps = Steps()
     m = Machine(disks=[disk], firmware=args.firmware, artifacts_dir=artifacts, keep_artifacts=True)
 
@@ -257,6 +267,114 @@ def cmd_run(args: argparse.Namespace) -> int:
         steps.check("host copy matches", host.text == text, f"{_quote(host.text)}")
     print(f"logs: {artifacts}/serial.log (guest), qemu.log, gdb-mi.log (GDB/MI transcript), *.cmdline")
     print("result:", "FAIL" if steps.failed else "PASS (the message survived a power cycle)")
+    return 1 if steps.failed else 0
+
+
+def _quote_ends(text: str, limit: int = 60) -> str:
+    """text quoted, its middle elided to fit: both ends stay readable."""
+    if len(text) <= limit:
+        return repr(text)
+    half = (limit - 3) // 2
+    return repr(text[:half] + "..." + text[-half:])
+
+
+def _run_power_loss(
+    args: argparse.Namespace, disk: DiskImage, artifacts: Path, texts: list[str], records: list[bytes]
+) -> int:
+    """`piix3 run --power-loss`: the same message written twice to a drive with a volatile write
+    cache, the plug pulled after each: without a FLUSH it is lost, after one it survives."""
+    lba = args.lba
+    count = max(len(r) for r in records) // SECTOR
+    steps = Steps()
+    m = Machine(
+        disks=[disk],
+        firmware=args.firmware,
+        artifacts_dir=artifacts,
+        keep_artifacts=True,
+        write_cache="volatile",
+    )
+    before: list[bytes] = []  # the sectors the messages go to, as they were
+    after: list[message.Decoded | None] = [None, None]  # what each power loss left
+
+    def boot() -> tuple[None, str]:
+        m.start()
+        info = m.ata.identify(0)
+        return None, f"drive 0: {info.model}, {info.sectors} sectors, volatile write cache"
+
+    def read_before() -> tuple[None, str]:
+        before.append(m.ata.read(0, lba, count))
+        prev = message.decode(before[0])
+        return None, f"previous message: {_quote(prev.text)}" + ("" if prev.text else f" ({prev.reason})")
+
+    def write(n: int, flush: bool) -> tuple[None, str]:
+        m.ata.write(0, lba, records[n])
+        if flush:
+            m.ata.flush(0)
+        what = "+ FLUSH CACHE" if flush else "completed, only in the drive's cache"
+        return None, f"{len(records[n]) // SECTOR} sector(s) {what}: {_quote_ends(texts[n])}"
+
+    def pull_plug() -> tuple[None, str]:
+        loss = m.power_loss("drop")
+        drive = loss.drives.get(0)
+        lost = (
+            f"{drive.lost_writes} unflushed write(s) lost"
+            if drive and drive.lost_writes
+            else "nothing unflushed"
+        )
+        return None, f"QEMU pid {loss.old_pid} killed, pid {loss.new_pid} booted; {lost}"
+
+    def guest_read(n: int) -> tuple[bytes, str]:
+        data = m.ata.read(0, lba, count)
+        after[n] = got = message.decode(data)
+        return data, f"read {_quote_ends(got.text) if got.text else f'(none) ({got.reason})'}"
+
+    try:
+        steps.run("boot to harness_ready", boot)
+        steps.run(f"read LBA {lba} before writing", read_before)
+        steps.run("write message 1, no flush", lambda: write(0, flush=False))
+        steps.run("power loss (plug pulled)", pull_plug)
+        data = steps.run("read back in the guest", lambda: guest_read(0))
+        if data is not None:
+            lost = data == before[0]
+            steps.check(
+                "unflushed message 1 lost",
+                lost,
+                "the previous content is back, byte-identical"
+                if lost
+                else f"the drive kept an unflushed write: {_quote(message.decode(data).text)}",
+            )
+        steps.run("write message 2, flush", lambda: write(1, flush=True))
+        steps.run("power loss (plug pulled)", pull_plug)
+        data = steps.run("read back in the guest", lambda: guest_read(1))
+        if data is not None:
+            kept = after[1] is not None and after[1].text == texts[1]
+            detail = "byte-identical" if kept else "the flushed write is gone"
+            steps.check("flushed message 2 survived", kept, detail)
+    finally:
+        m.close(failed=steps.failed)
+    host = steps.run(
+        "read back from the host's image",
+        lambda: (message.decode(disk.read_sectors(lba, count)), "QEMU has exited; plain file read"),
+    )
+    if host is not None:
+        steps.check("host copy matches", host.text == texts[1], _quote_ends(host.text or ""))
+    print(f"logs: {artifacts}/serial.log (guest), qemu.log, gdb-mi.log (GDB/MI transcript), *.cmdline")
+    cells = []
+    for n, decoded in enumerate(after):
+        if decoded is None:
+            cells.append("(not reached)")
+        elif decoded.text == texts[n]:
+            cells.append("survived")
+        else:
+            cells.append(f"lost ({'the previous content is back' if n == 0 else _quote(decoded.text, 30)})")
+    print(f"  {'':18} {'message 1, no flush':38} message 2, flushed")
+    print(f"  {'after power loss':18} {cells[0]:38} {cells[1]}")
+    print(
+        "result:",
+        "FAIL"
+        if steps.failed
+        else "PASS (the power loss lost the unflushed message; the flushed one survived)",
+    )
     return 1 if steps.failed else 0
 
 
@@ -457,6 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--artifacts", default=str(BUILD_DIR / "run"), help="where the logs go (default build/run)"
+    )
+    run.add_argument(
+        "--power-loss",
+        action="store_true",
+        help="give the drive a volatile write cache; write the message without a flush and pull the "
+        "plug (it is lost), then write it again, flush and pull the plug (it survives)",
     )
     run.set_defaults(func=cmd_run)
 

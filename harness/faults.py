@@ -1,8 +1,20 @@
-"""Injected disk errors: Fault rules turned into a QEMU blkdebug configuration."""
+"""Injected disk errors: Fault rules turned into a QEMU blkdebug configuration.
+
+Read and write faults are plain blkdebug rules. Flush faults need more: QEMU flushes every image
+at every VM stop, by the same path as the guest's FLUSH, so a rule live all the time is spent
+on (or fails) QEMU's own flushes, and a guest FLUSH after a stop finds nothing to write, which
+never reaches the rule at all. So flush rules live only in blkdebug's state 2 ("armed"), and the
+harness arms a drive just before running a call that sends FLUSH (transport.py) and disarms it
+when the call is done. Arming and disarming is one request, ARM_REQUEST through the drive: a
+write-zeroes, which the guest never sends, and which a rule of its own fails before it reaches
+the image. It switches the state (1 <-> 2), and, failed, still leaves the drive's nodes with
+a write not yet flushed, so the guest's FLUSH that follows reaches the flush rule even when the
+guest wrote nothing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from harness.checks import int_problem
@@ -12,6 +24,11 @@ MAX_SECTOR = (1 << 48) - 1  # the last LBA48 address
 MAX_ERRNO = 4095  # the kernel's errno range
 # blkdebug event that arms the rule, and the request type it fails
 _EVENTS = {"read": ("read_aio", "read"), "write": ("write_aio", "write"), "flush": ("flush_to_disk", "flush")}
+ARM_EVENT = "pwritev_zero"  # blkdebug's event for a write-zeroes reaching it
+DISARMED, ARMED = 1, 2  # blkdebug states (1 is where it starts)
+ARM_REQUEST = "write -z 0 512"  # qemu-io, on the drive: the request that toggles the state
+ARM_ERRNO = 5
+ARM_FAILS_WITH = "Input/output error"  # what qemu-io says when the rule fails it (EIO)
 
 
 @dataclass(frozen=True)
@@ -38,13 +55,33 @@ class Fault:
             raise ConfigError(f"{problem} (a positive errno value: 5 = EIO, 28 = ENOSPC)")
 
 
+def flush_fault_drives(faults: Mapping[int, Sequence[Fault]]) -> set[int]:
+    """The drives with flush faults: the ones the harness arms around the guest's FLUSH."""
+    return {d for d, rules in faults.items() if any(f.op == "flush" for f in rules)}
+
+
 def blkdebug_config(faults: Sequence[Fault]) -> str:
     """The blkdebug rules file for one drive's faults."""
     out = []
-    for f in faults:
-        event, iotype = _EVENTS[f.op]
+    if any(f.op == "flush" for f in faults):
+        for old, new in ((DISARMED, ARMED), (ARMED, DISARMED)):
+            out += ["[set-state]", f'state = "{old}"', f'event = "{ARM_EVENT}"', f'new_state = "{new}"', ""]
         out += [
             "[inject-error]",
+            f'event = "{ARM_EVENT}"',
+            'iotype = "write-zeroes"',
+            f'errno = "{ARM_ERRNO}"',
+            'once = "off"',
+            'immediately = "off"',
+            "",
+        ]
+    for f in faults:
+        event, iotype = _EVENTS[f.op]
+        if f.op == "flush":
+            out += ["[inject-error]", f'state = "{ARMED}"']
+        else:
+            out += ["[inject-error]"]
+        out += [
             f'event = "{event}"',
             f'iotype = "{iotype}"',
             f'errno = "{f.errno}"',

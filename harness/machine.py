@@ -5,8 +5,10 @@ driver (`m.ata`, harness/ata.py) and port observation (harness/portio/)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import random
 import shutil
 import tempfile
 import threading
@@ -18,12 +20,22 @@ from typing import TYPE_CHECKING
 from harness import artifacts, locking, procs, rundir
 from harness.abi import Request
 from harness.ata import Ata
-from harness.checks import is_int, seconds, text
+from harness.checks import int_problem, is_int, seconds, text
 from harness.disk import DiskImage
 from harness.errors import ConfigError, HarnessError, Terminated, UsageError
 from harness.faults import Fault
 from harness.gdbmi import GdbMi
 from harness.paths import find_kernel
+from harness.powerloss import (
+    DEFAULT_STATE_LIMIT,
+    CacheMark,
+    CrashState,
+    LoggedWrite,
+    PowerLoss,
+    WriteCaches,
+    check_unflushed,
+    write_cache_map,
+)
 from harness.qemu import QemuConfig, QemuPaths, QemuProcess
 from harness.stops import Stop
 from harness.target import PARK_SYMBOL, Target
@@ -108,6 +120,7 @@ class Machine:
         extra_qemu_args: Sequence[str] = (),
         faults: Mapping[int, Sequence[Fault]] | None = None,
         io_error: str = "report",
+        write_cache: str | Mapping[int, str] | None = None,
     ) -> None:
         if not isinstance(data_path, str) or data_path not in DATA_PATHS:
             raise ConfigError(f"unknown data_path {data_path!r:.40}; use one of {', '.join(DATA_PATHS)}")
@@ -123,14 +136,16 @@ class Machine:
             raise ConfigError(f"extra_qemu_args must be a list of strings, not {extra_qemu_args!r:.60}")
         if keep_artifacts is not None and not isinstance(keep_artifacts, bool):
             raise ConfigError(f"keep_artifacts must be True, False or None, not {keep_artifacts!r:.40}")
+        disk_map = _disk_map(disks)
         config = QemuConfig(
             kernel=find_kernel(kernel),
-            disks=_disk_map(disks),
+            disks=disk_map,
             firmware=firmware,
             memory_mib=memory_mib,
             extra_args=tuple(extra_qemu_args),
             faults=_fault_map(faults),
             io_error=io_error,
+            write_cache=write_cache_map(write_cache, sorted(disk_map)),
         )
         self._call_timeout = seconds("call_timeout", call_timeout, ConfigError)
         self.keep_artifacts = keep_artifacts
@@ -147,6 +162,12 @@ class Machine:
             boot_timeout=seconds("boot_timeout", boot_timeout, ConfigError),
         )
         self.mailboxes = Mailboxes(self.target, lambda: self._call_timeout, self.reset)
+        volatile = {d: disk_map[d] for d, mode in config.write_cache.items() if mode == "volatile"}
+        # the drives' caches read what the guest did at every boundary between stretches of it
+        self.write_caches = WriteCaches(self.target, volatile) if volatile else None
+        if self.write_caches is not None:
+            self.target.resume_hooks.append(self.write_caches.boundary)
+            self.mailboxes.on_post = self.write_caches.expect
         self.ata = Ata(self.mailboxes, self.target, self.exclusive)
         self.rundir: Path | None = None
         self.artifacts: Path | None = None
@@ -256,6 +277,13 @@ class Machine:
             self.target.halt(clean=True)
             if self.rundir is None:
                 return
+            settle_error: HarnessError | None = None
+            if self.write_caches is not None:
+                try:  # an orderly end: the drives keep what they cached
+                    self.write_caches.settle("keep", None)
+                except HarnessError as exc:
+                    settle_error = exc
+                    self.failed = True
             shutil.rmtree(self.rundir, ignore_errors=True)
             self.rundir = None
             keep = self.keep_artifacts if self.keep_artifacts is not None else self.failed
@@ -267,6 +295,8 @@ class Machine:
                 )
             elif self._own_artifacts and self.artifacts is not None:
                 shutil.rmtree(self.artifacts, ignore_errors=True)  # a caller-chosen directory is the caller's
+            if settle_error is not None:
+                raise settle_error
 
     # --- logs ------------------------------------------------------------------------------
     def artifact_files(self) -> list[Path]:
@@ -284,27 +314,60 @@ class Machine:
     # --- the three reboots -------------------------------------------------------------------
     @locking.exclusive
     def reset(self) -> None:
-        """Warm reset: QMP system_reset, then run to harness_ready again (same QEMU, same RAM file)."""
+        """Warm reset: QMP system_reset, then run to harness_ready again (same QEMU, same RAM file).
+        A drive keeps its write cache through a reset."""
         self.target.live()
         self.mailboxes.release_holds()  # the reset's own requests must not be held
+        self.mailboxes.disarm()
+        if self.write_caches is not None:
+            self.write_caches.expect(None)  # the firmware and the driver's start run next
         self.target.system_reset()
 
     @locking.exclusive
     def power_cycle(self) -> None:
-        """Cold: QEMU quits cleanly (flushing its caches), a new QEMU boots the same images."""
+        """Cold: QEMU quits cleanly (flushing its caches), a new QEMU boots the same images. A
+        volatile write cache is written out first, as a drive does at an orderly power-off."""
         self._reboot("power_cycle", clean=True)
 
     @locking.exclusive
     def crash(self) -> None:
-        """SIGKILL QEMU as if the host lost it, then a new QEMU boots the same images."""
+        """SIGKILL QEMU as if the host lost it, then a new QEMU boots the same images. The
+        drives keep power: a volatile write cache keeps every completed write (power_loss()
+        is the one that loses them)."""
         self._reboot("crash", clean=False)
 
-    def _reboot(self, what: str, clean: bool) -> None:
-        """A new QEMU process on the same images; also the way back after a failed reboot."""
+    @locking.exclusive
+    def power_loss(self, unflushed: str = "drop", seed: int | None = None) -> PowerLoss:
+        """Pull the plug: QEMU is killed with no clean stop, each image is set to what its drive
+        would have kept, and a new QEMU boots on them. A drive with a volatile write cache keeps
+        every write made durable (by a completed FLUSH CACHE, FUA, or its cache disabled), and of
+        the others none ("drop"), all ("keep"), or a random subset of their 4 KiB pieces
+        ("random"; `seed` replays one, and the seed used is in the result). Other drives keep
+        every completed write. Works parked and at a stop inside a call (the call is lost, as
+        it would be). The image files show the result: disk.read_sectors() tells the truth."""
+        check_unflushed(unflushed, seed)
+        if unflushed == "random" and seed is None:
+            seed = random.randrange(1 << 32)
+        if self.rundir is None:
+            self.target.live()
+        old = self.qemu.pid if self.qemu is not None else None
+        if self.write_caches is not None and self.qemu is not None:
+            self.write_caches.boundary()  # the FLUSHes completed since the last one count
+        loss = self._reboot("power_loss", clean=False, unflushed=unflushed, seed=seed)
+        if loss is None:
+            loss = PowerLoss(unflushed, seed, {})
+        return dataclasses.replace(loss, old_pid=old, new_pid=self.qemu.pid if self.qemu else None)
+
+    def _reboot(
+        self, what: str, clean: bool, unflushed: str = "keep", seed: int | None = None
+    ) -> PowerLoss | None:
+        """A new QEMU process on the same images; also the way back after a failed reboot.
+        Between the two, volatile write caches are settled into the images."""
         if self.rundir is None:
             self.target.live()  # says why: never started, or closed
         self.mailboxes.forget_holds()  # holds live in the QEMU that goes
         self.target.halt(clean=clean, keep_gdb=True)
+        loss = self.write_caches.settle(unflushed, seed) if self.write_caches is not None else None
         try:
             self.target.boot()
         except BaseException as exc:
@@ -314,6 +377,52 @@ class Machine:
             with contextlib.suppress(HarnessError):
                 self.target.halt(clean=False, keep_gdb=True)  # whatever half of the new pair started
             raise
+        return loss
+
+    # --- the volatile write cache (write_cache="volatile") ---------------------------------------
+    def _caches(self) -> WriteCaches:
+        if self.write_caches is None:
+            raise UsageError(
+                "no drive has a volatile write cache: Machine(..., write_cache='volatile') "
+                "(or {drive: 'volatile'})"
+            )
+        self.target.live()
+        return self.write_caches
+
+    @locking.exclusive
+    def crash_mark(self) -> CacheMark:
+        """A point in the write stream, for crash_states(since=...)."""
+        return self._caches().mark()
+
+    @locking.exclusive
+    def crash_states(
+        self,
+        drive: int = 0,
+        *,
+        since: CacheMark | None = None,
+        limit: int = DEFAULT_STATE_LIMIT,
+        seed: int = 0,
+    ) -> list[CrashState]:
+        """The distinct images a power loss could leave on a volatile drive, from `since` (a
+        crash_mark(); default: this boot) to now: for every flush epoch, the durable writes
+        plus each subset of the epoch's unflushed 4 KiB pieces, all of them while there are at
+        most `limit`, else `limit` of them (none, all, in order, in reverse, then random ones
+        from `seed`). Each state's `read_sectors(lba, count)` reads that image; `epoch` is how
+        many guest FLUSHes had completed. Nothing is written to the image."""
+        caches = self._caches()
+        problem = int_problem("limit", limit, 1, 1 << 20) or int_problem("seed", seed, 0, (1 << 64) - 1)
+        if problem:
+            raise UsageError(problem)
+        if since is not None and not isinstance(since, CacheMark):
+            raise UsageError(f"since must be a crash_mark(), not {since!r:.60}")
+        return caches.states(drive, since, limit, seed)
+
+    @locking.exclusive
+    def unflushed_writes(self, drive: int = 0) -> list[LoggedWrite]:
+        """The completed writes a power loss may still lose on a volatile drive, oldest first."""
+        caches = self._caches()
+        caches.boundary()
+        return caches.live_drive(drive, caches.boot).unflushed()
 
     # --- VM snapshots (qcow2 disks only) ------------------------------------------------------
     def _need_qcow2(self, verb: str) -> None:
@@ -393,6 +502,9 @@ class Machine:
             raise UsageError(f"call {function}: argument {bad[0]!r:.40} is not an integer")
         if self._ports is not None:
             self._ports.arm_pending()  # the guest runs during the call
+        if self.write_caches is not None:
+            self.write_caches.expect(None)
+            self.write_caches.boundary()  # the call is a stretch of its own
         expr = f"{function}({', '.join(str(a) for a in args)})"
         return self.target.call(expr, self.call_timeout if timeout is None else timeout)
 

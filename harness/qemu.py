@@ -37,6 +37,12 @@ FIRMWARE = {"seabios": None, "qboot": "/usr/share/qemu/qboot.rom"}
 MAX_DRIVES = 4
 TRACE_LOG_NAME = "qemu-trace.log"  # QEMU's -D log: device-side trace events (harness/devtrace.py)
 IO_ERROR_POLICIES = ("report", "stop")
+# How a drive's completed writes become durable. "writethrough": at once (the host file has
+# them as soon as the command completes: QEMU's own behaviour). "volatile": only when the guest
+# flushes (or writes FUA, or has disabled the cache); until then they live in the harness's
+# cache, a qcow2 overlay and a write log in the run directory (harness/powerloss.py).
+WRITE_CACHE_MODES = ("writethrough", "volatile")
+WRITE_LOG_SECTOR = 512  # blklogwrites' log-sector-size: one entry header per sector, data in sectors
 # Options the harness cannot allow in extra_args: each takes the process, its sockets or its
 # logs out of the harness's hands (or opens a TCP port).
 FORBIDDEN_ARGS = {
@@ -66,6 +72,7 @@ class QemuConfig:
     extra_args: tuple[str, ...] = ()
     faults: Mapping[int, Sequence[Fault]] = field(default_factory=dict)
     io_error: str = "report"  # report: the guest sees an ATA error; stop: QEMU pauses (rerror/werror=stop)
+    write_cache: Mapping[int, str] = field(default_factory=dict)  # drive -> mode; absent: writethrough
 
     def __post_init__(self) -> None:
         if self.firmware not in FIRMWARE:
@@ -77,6 +84,17 @@ class QemuConfig:
                 raise ConfigError(f"faults given for drive {drive}, which has no disk")
             if self.disks[drive].format != "raw":
                 raise ConfigError(f"faults need a raw image; drive {drive} is {self.disks[drive].format}")
+        for drive, mode in self.write_cache.items():
+            if mode not in WRITE_CACHE_MODES:
+                raise ConfigError(
+                    f"write_cache {mode!r:.40} for drive {drive} is not one of {', '.join(WRITE_CACHE_MODES)}"
+                )
+            if drive not in self.disks:
+                raise ConfigError(f"write_cache given for drive {drive}, which has no disk")
+            if mode == "volatile" and self.disks[drive].format != "raw":
+                raise ConfigError(
+                    f"write_cache='volatile' needs a raw image; drive {drive} is {self.disks[drive].format}"
+                )
         for arg in self.extra_args:
             if not isinstance(arg, str) or "\0" in arg:
                 raise ConfigError(f"extra_qemu_args: {arg!r} is not a string without NUL bytes")
@@ -141,6 +159,14 @@ class QemuPaths:
         """The blkdebug rules file for one drive's faults."""
         return (self.rundir or self.ram_file.parent) / f"blkdebug{drive}.conf"
 
+    def write_log(self, drive: int) -> Path:
+        """A volatile drive's write log (blklogwrites: every completed write, with its data)."""
+        return (self.rundir or self.ram_file.parent) / f"writes{drive}.log"
+
+    def cache_overlay(self, drive: int) -> Path:
+        """A volatile drive's overlay: where QEMU keeps the writes the image does not have yet."""
+        return (self.rundir or self.ram_file.parent) / f"cache{drive}.qcow2"
+
 
 def _opt(path: Path) -> str:
     """A path as a QEMU option value: a literal comma is written twice."""
@@ -200,6 +226,8 @@ def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
     for drive, disk in sorted(cfg.disks.items()):
         node = f"disk{drive}"
         file_node: dict[str, object] = {"driver": "file", "filename": str(disk.path)}
+        if cfg.write_cache.get(drive) == "volatile":
+            file_node = volatile_chain(file_node, paths, drive)
         if drive in cfg.faults:
             rules = paths.blkdebug_rules(drive)
             file_node = {"driver": "blkdebug", "config": str(rules), "image": file_node}
@@ -213,6 +241,25 @@ def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
             + f",rerror={cfg.io_error},werror={cfg.io_error}",
         ]
     return argv + list(cfg.extra_args)
+
+
+def volatile_chain(image: dict[str, object], paths: QemuPaths, drive: int) -> dict[str, object]:
+    """The nodes under a volatile drive's format node: every write is logged (blklogwrites,
+    guest LBAs and data, in completion order) and kept in a qcow2 overlay whose backing is the
+    image, opened read-only. The image so keeps the state of the last boot until the harness
+    writes into it what the drive would have made durable (harness/powerloss.py). blkdebug, when
+    the drive has faults, goes above this chain: a write it fails never reaches the log."""
+    overlay: dict[str, object] = {
+        "driver": "qcow2",
+        "file": {"driver": "file", "filename": str(paths.cache_overlay(drive))},
+        "backing": {"driver": "raw", "file": image},
+    }
+    return {
+        "driver": "blklogwrites",
+        "file": overlay,
+        "log": {"driver": "file", "filename": str(paths.write_log(drive))},
+        "log-sector-size": WRITE_LOG_SECTOR,
+    }
 
 
 def _is_listener(sock: socket.socket) -> bool:
@@ -250,6 +297,11 @@ class QemuProcess:
             disk.validate()
         for drive, faults in self.config.faults.items():
             self.paths.blkdebug_rules(drive).write_text(blkdebug_config(faults))
+        for drive, mode in self.config.write_cache.items():
+            if mode == "volatile":  # a fresh cache for every QEMU: what the last one had is settled
+                disk = self.config.disks[drive]
+                DiskImage.create(self.paths.cache_overlay(drive), size_bytes=disk.size, overwrite=True)
+                self.paths.write_log(drive).write_bytes(b"")
         artifacts.write_text(self.paths.cmdline, " ".join(self.argv) + "\n")
         for name in (self.paths.serial_log, self.paths.trace_log):  # QEMU opens these by name
             if name is not None:

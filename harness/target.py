@@ -238,6 +238,15 @@ class Target:
         self.parked = stop.parked
         return stop
 
+    def step(self, limit: float) -> Stop:
+        """Run the guest for one instruction (a VM stop of its own, like any other)."""
+        gdb, qemu = self.live()
+        gdb.discard_async()
+        gdb.command("-exec-step-instruction", alive=qemu.check_alive)
+        stop = self.stop_of(self.wait_stop(limit, "stop after one instruction"))
+        self.parked = False  # off the park point, or back at it with the posted request still to run
+        return stop
+
     def continue_to_park(self) -> None:
         """Run to harness_ready (after a boot or reset); anything else is a GdbError."""
         gdb, qemu = self.gdb, self.qemu  # during boot(): not live() yet

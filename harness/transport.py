@@ -9,13 +9,20 @@ import time
 from collections.abc import Callable
 
 from harness import abi
-from harness.abi import Mailbox, Request
+from harness.abi import Mailbox, Op, Request
 from harness.checks import seconds
 from harness.errors import ConfigError, GdbError, HarnessError, HarnessTimeout, QemuError, UsageError
+from harness.faults import ARM_FAILS_WITH, ARM_REQUEST, flush_fault_drives
 from harness.stops import Stop
 from harness.target import PARK_SYMBOL, Target
 
-HOLD_EVENTS = {"read": "read_aio", "write": "write_aio", "flush": "flush_to_disk"}  # blkdebug events
+# blkdebug events. A flush fires flush_to_os on entering the drive's format node even when it
+# finds nothing to write (flush_to_disk only fires when there is): so a hold catches the
+# guest's FLUSH after a stop, at which QEMU has already flushed the drive.
+HOLD_EVENTS = {"read": "read_aio", "write": "write_aio", "flush": "flush_to_os"}
+# Holds put in place only once the guest has been stepped off the park point (_step_off_park):
+# every flush QEMU makes at a VM stop fires flush_to_os too.
+DEFERRED_HOLDS = ("flush",)
 HOLD_POLL = 0.001  # s, between looks at the mailbox while a held call runs
 EVENT_DRAIN_EVERY = 128  # requests between reads of QMP events nobody waits for
 EVENT_DRAIN_WAIT = 0.001  # s
@@ -35,6 +42,10 @@ class Mailboxes:
         self._seq = 0
         self._requests = 0
         self._held: set[tuple[int, str]] = set()  # (drive, tag) under hold_io
+        self._deferred: dict[tuple[int, str], str] = {}  # holds not yet in QEMU: (drive, tag) -> event
+        self._arm: set[int] = set()  # drives whose flush faults the next run arms (a FLUSH is posted)
+        self._armed: set[int] = set()  # drives whose flush faults are armed in QEMU now
+        self.on_post: Callable[[Request], None] | None = None  # told of each request about to run
 
     @property
     def call_timeout(self) -> float:
@@ -61,19 +72,29 @@ class Mailboxes:
             self._t.write_memory(request.buf, payload)
         self._t.write_memory(self._t.symbol("request"), request.pack(self._seq, linger=bool(self._held)))
         self._t.parked = False  # until a cont() brings the guest back to harness_ready
+        if _sends_flush(request) and request.drive in flush_fault_drives(self._t.config.faults):
+            self._arm.add(request.drive)
+        if self.on_post is not None:
+            self.on_post(request)
 
     def cont(self, timeout: float | None = None) -> Stop:
         """Let the guest run until it stops: at harness_ready (parked), or at a breakpoint.
         A guest that does not stop within the timeout is interrupted, its evidence kept in
         hang.txt, the machine reset, and HarnessTimeout raised."""
         self._t.live()
-        if self._held:
-            return self._cont_releasing_holds()  # a posted call (begin_*) under hold_io
         limit = self._call_timeout() if timeout is None else seconds("timeout", timeout, UsageError)
-        try:
-            return self._t.run(limit)
-        except HarnessTimeout:
-            raise self._hung(limit) from None
+        if self._arm or self._deferred:
+            self._step_off_park(limit)
+        if self._held:
+            stop = self._cont_releasing_holds()  # a posted call (begin_*) under hold_io
+        else:
+            try:
+                stop = self._t.run(limit)
+            except HarnessTimeout:
+                raise self._hung(limit) from None
+        if stop.parked:
+            self.disarm()
+        return stop
 
     def request(self, request: Request, payload: memoryview | bytes | None = None) -> int:
         """Run one driver request; returns the driver's result code."""
@@ -147,7 +168,10 @@ class Mailboxes:
                 "hold_io with port watches or port breakpoints active would stop the VM "
                 "with a request held, which QEMU never survives; end them first"
             )
-        self._qemu_io(drive, f"break {HOLD_EVENTS[op]} {tag}")
+        if op in DEFERRED_HOLDS:
+            self._deferred[(drive, tag)] = HOLD_EVENTS[op]
+        else:
+            self._qemu_io(drive, f"break {HOLD_EVENTS[op]} {tag}")
         self._held.add((drive, tag))
 
     @property
@@ -163,7 +187,8 @@ class Mailboxes:
 
     def release_io(self, drive: int, tag: str) -> None:
         """End a hold: a suspended request goes on, later ones are not held."""
-        self._qemu_io(drive, f"remove_break {tag}")
+        if self._deferred.pop((drive, tag), None) is None:
+            self._qemu_io(drive, f"remove_break {tag}")
         self._held.discard((drive, tag))
 
     def release_holds(self) -> None:
@@ -173,10 +198,43 @@ class Mailboxes:
         self._held.clear()
 
     def forget_holds(self) -> None:
-        """The QEMU that held them is gone."""
+        """The QEMU that held them (and had flush faults armed) is gone."""
         self._held.clear()
+        self._deferred.clear()
+        self._arm.clear()
+        self._armed.clear()
 
-    def _qemu_io(self, drive: int, command: str) -> None:
+    # --- arming flush faults around the guest's own FLUSH ---------------------------------
+    def _step_off_park(self, limit: float) -> None:
+        """Put deferred holds and flush faults in place, once the guest is off the park point.
+
+        GDB resumes from the park breakpoint by single-stepping over it, and that step is a VM
+        stop of its own, at which QEMU flushes every image (as at every stop). Armed before the
+        continue, a one-shot flush fault was spent on that flush and the guest's FLUSH went
+        through (measured); a flush hold would catch it and hang the stop. So the guest is
+        stepped off the park point first (one instruction: harness_ready's return) and they are
+        put in place at that stop; the continue that follows needs no step of GDB's own."""
+        self._t.step(limit)
+        for drive in sorted(self._arm):
+            self._toggle_flush_faults(drive)
+            self._armed.add(drive)
+        self._arm.clear()
+        for (drive, tag), event in sorted(self._deferred.items()):
+            self._qemu_io(drive, f"break {event} {tag}")
+        self._deferred.clear()
+
+    def disarm(self) -> None:
+        """Disarm the flush faults armed for the call that has now finished (or was reset)."""
+        for drive in sorted(self._armed):
+            self._armed.discard(drive)
+            self._toggle_flush_faults(drive)
+        self._arm.clear()
+
+    def _toggle_flush_faults(self, drive: int) -> None:
+        """Arm a drive's flush faults, or disarm them (each request toggles: faults.py)."""
+        self._qemu_io(drive, ARM_REQUEST, expect=ARM_FAILS_WITH)
+
+    def _qemu_io(self, drive: int, command: str, expect: str | None = None) -> None:
         _, qemu = self._t.live()
         log_path = qemu.paths.qemu_log
         before = log_path.stat().st_size if log_path.exists() else 0
@@ -189,6 +247,14 @@ class Mailboxes:
             f.seek(before)
             said = f.read().decode(errors="replace").strip()
         failed = [ln for ln in said.splitlines() if "failed" in ln or "Could not" in ln or "not found" in ln]
+        if expect is not None:  # a request that must fail, and fail with this
+            if out or len(failed) != 1 or expect not in failed[0]:
+                raise QemuError(
+                    f"qemu-io {command!r} on drive {drive} should have failed with {expect!r}, and said: "
+                    f"{out or '; '.join(failed) or 'nothing'}",
+                    artifacts=self._t.artifact_files(),
+                )
+            return
         if out or failed:
             raise QemuError(
                 f"qemu-io {command!r} on drive {drive}: {out or '; '.join(failed)}",
@@ -217,3 +283,8 @@ class Mailboxes:
         """Release every hold, then let the lingering guest park."""
         self.release_holds()
         self._t.write_memory(self._t.symbol("request") + abi.LINGER_OFFSET, bytes(4))
+
+
+def _sends_flush(request: Request) -> bool:
+    """The request makes the driver send a FLUSH CACHE, or SET FEATURES 82h (QEMU flushes on it)."""
+    return request.op == Op.FLUSH or (request.op == Op.SET_WCACHE and request.arg == 0)

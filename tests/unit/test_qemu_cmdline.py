@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from harness.disk import DiskImage
+from harness.errors import ConfigError
+from harness.faults import Fault
 from harness.qemu import QemuConfig, QemuPaths, build_command
 
 
@@ -144,3 +146,52 @@ def test_comma_in_socket_path_is_escaped(tmp_path: Path) -> None:
     )
     argv = build_command(QemuConfig(kernel=tmp_path / "k"), paths)
     assert f"path={str(paths.gdb_socket).replace(',', ',,')}," in " ".join(_values(argv, "-chardev"))
+
+
+def test_volatile_drive_logs_writes_over_an_overlay_of_the_image(tmp_path: Path, paths: QemuPaths) -> None:
+    """write_cache="volatile": format node, then (with faults) blkdebug, so a write it fails is
+    never logged, then blklogwrites (log in the run directory, 512-byte log sectors = LBAs),
+    then a qcow2 overlay in the run directory whose backing is the image: QEMU never writes
+    the image itself. Other drives are as before."""
+    disks = {0: DiskImage(tmp_path / "a.img", format="raw"), 1: DiskImage(tmp_path / "b.img", format="raw")}
+    cfg = QemuConfig(kernel=tmp_path / "k", disks=disks, write_cache={0: "volatile", 1: "writethrough"})
+    nodes = _blockdevs(build_command(cfg, paths))
+    image = {"driver": "file", "filename": str(disks[0].path)}
+    logged = {
+        "driver": "blklogwrites",
+        "file": {
+            "driver": "qcow2",
+            "file": {"driver": "file", "filename": str(paths.cache_overlay(0))},
+            "backing": {"driver": "raw", "file": image},
+        },
+        "log": {"driver": "file", "filename": str(paths.write_log(0))},
+        "log-sector-size": 512,
+    }
+    assert nodes["disk0"] == {"driver": "raw", "node-name": "disk0", "file": logged}
+    assert nodes["disk1"]["file"] == {"driver": "file", "filename": str(disks[1].path)}
+    assert (
+        paths.rundir is not None
+        and paths.write_log(0).parent == paths.rundir == paths.cache_overlay(0).parent
+    )
+
+    faulty = QemuConfig(
+        kernel=tmp_path / "k", disks=disks, write_cache={0: "volatile"}, faults={0: [Fault("read")]}
+    )
+    top = _blockdevs(build_command(faulty, paths))["disk0"]["file"]
+    assert top["driver"] == "blkdebug" and top["image"] == logged
+
+
+@pytest.mark.parametrize(
+    ("write_cache", "fmt", "message"),
+    [
+        ({0: "volatile"}, "qcow2", "needs a raw image"),
+        ({0: "fast"}, "raw", "not one of writethrough, volatile"),
+        ({2: "volatile"}, "raw", "drive 2, which has no disk"),
+    ],
+)
+def test_write_cache_config_is_checked(
+    tmp_path: Path, write_cache: dict[int, str], fmt: str, message: str
+) -> None:
+    disk = DiskImage(tmp_path / f"d.{'qcow2' if fmt == 'qcow2' else 'img'}", format=fmt)
+    with pytest.raises(ConfigError, match=message):
+        QemuConfig(kernel=tmp_path / "k", disks={0: disk}, write_cache=write_cache)
