@@ -427,14 +427,18 @@ def _apply(disk: DiskImage, cache: DriveCache, pieces: Sequence[Piece], data: Ma
         os.close(fd)
 
 
-def _content_key(cache: DriveCache, pieces: Sequence[Piece], data: Mapping[int, bytes]) -> str:
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _content_key(cache: DriveCache, pieces: Sequence[Piece], digests: Mapping[int, list[bytes]]) -> str:
     """A digest of the sectors these pieces leave (later pieces win): equal digests, equal images."""
     final: dict[int, bytes] = {}
     for p in pieces:
-        w = cache.writes[p.write]
-        src = data[p.write]
+        first = cache.writes[p.write].lba
+        per_sector = digests[p.write]
         for s in range(p.lba, p.lba + p.count):
-            final[s] = src[(s - w.lba) * SECTOR : (s - w.lba + 1) * SECTOR]
+            final[s] = per_sector[s - first]
     h = hashlib.blake2b(digest_size=16)
     for s in sorted(final):
         h.update(s.to_bytes(8, "little"))
@@ -442,16 +446,26 @@ def _content_key(cache: DriveCache, pieces: Sequence[Piece], data: Mapping[int, 
     return h.hexdigest()
 
 
+def _spread(n: int, count: int) -> list[int]:
+    """Up to count values spread evenly over 0..n, both ends included."""
+    if n + 1 <= count:
+        return list(range(n + 1))
+    return sorted({round(i * n / (count - 1)) for i in range(count)}) if count > 1 else [0]
+
+
 def _subsets(n: int, limit: int, rng: random.Random) -> Iterator[tuple[bool, ...]]:
-    """Choices of which of n pieces survive: all 2^n when that is at most limit; else none, all,
-    every prefix and every prefix's complement (a drive that destaged in order, or in reverse),
-    then random ones, up to limit in all."""
+    """Choices of which of n pieces survive: all 2^n when that is at most limit; else none and
+    all, prefixes (a drive that destaged in order up to a point) and suffixes (in reverse), a
+    quarter of the limit each, spread over the lengths, then random ones, up to limit in all."""
     if n < 20 and 1 << n <= limit:
         yield from itertools.product((False, True), repeat=n)
         return
     seen: set[tuple[bool, ...]] = set()
-    candidates = [tuple(i < k for i in range(n)) for k in range(n + 1)]
-    candidates += [tuple(i >= k for i in range(n)) for k in range(1, n)]
+    lengths = _spread(n, max(2, limit // 4))
+    candidates = itertools.chain(
+        (tuple(i < k for i in range(n)) for k in lengths),
+        (tuple(i >= k for i in range(n)) for k in lengths),
+    )
     for choice in candidates:
         if len(seen) >= limit:
             return
@@ -477,6 +491,7 @@ class WriteCaches:
         self._drives: dict[int, DriveCache] = {}
         self._qemu: object = None
         self._data: dict[tuple[int, int], dict[int, bytes]] = {}  # (boot, drive) -> write data, read once
+        self._digests: dict[tuple[int, int], dict[int, list[bytes]]] = {}  # (boot, drive) -> per sector
         self._next_kind = "any"  # what the stretch about to start may do: quiet, flush or any
         self._kind = "any"  # what the stretch since the last boundary may have done
 
@@ -489,6 +504,7 @@ class WriteCaches:
         assert paths is not None
         self._drives = {d: DriveCache(d, disk, paths.write_log(d)) for d, disk in self._disks.items()}
         self._data.clear()
+        self._digests.clear()
         self._qemu = self._t.qemu
 
     def expect(self, request: Request | None) -> None:
@@ -565,6 +581,15 @@ class WriteCaches:
             data[w.index] = cache.data(w)
         return data
 
+    def sector_digests(self, cache: DriveCache) -> dict[int, list[bytes]]:
+        """Every write's per-sector digests (to tell images apart without comparing data)."""
+        digests = self._digests.setdefault((self.boot, cache.drive), {})
+        data = self.write_data(cache)
+        for w in cache.writes[len(digests) :]:
+            src = data[w.index]
+            digests[w.index] = [_digest(src[i * SECTOR : (i + 1) * SECTOR]) for i in range(w.count)]
+        return digests
+
     def mark(self) -> CacheMark:
         self.boundary()
         return CacheMark(
@@ -578,7 +603,7 @@ class WriteCaches:
         cache = self.live_drive(drive, self.boot if since is None else since.boot)
         first = 0 if since is None else since.epochs.get(drive, 0)
         rng = random.Random(seed)
-        data = self.write_data(cache)
+        digests = self.sector_digests(cache)
         out: list[CrashState] = []
         seen: set[tuple[int, str]] = set()
         for epoch, settled, maybe in cache.moments(first):
@@ -587,7 +612,7 @@ class WriteCaches:
             for choice in _subsets(len(optional), limit, rng):
                 kept = tuple(p for p, keep in zip(optional, choice, strict=True) if keep)
                 pieces = tuple(sorted((*base, *kept)))
-                key = (epoch, _content_key(cache, pieces, data))
+                key = (epoch, _content_key(cache, pieces, digests))
                 if key not in seen:
                     seen.add(key)
                     out.append(CrashState(self, drive, epoch, pieces, optional, kept))
@@ -623,6 +648,7 @@ class WriteCaches:
         finally:
             self._drives = {}
             self._data.clear()
+            self._digests.clear()
             self.boot += 1
         return PowerLoss(unflushed, seed, report)
 

@@ -216,7 +216,12 @@ def test_subsets_all_when_few_bounded_when_many() -> None:
     many = list(_subsets(40, 100, rng))
     assert len(many) == len(set(many)) == 100
     assert (False,) * 40 in many and (True,) * 40 in many
-    assert tuple(i < 7 for i in range(40)) in many, "prefixes: a drive that destaged in order"
+    prefixes = [tuple(i < k for i in range(40)) for k in range(1, 40)]
+    suffixes = [tuple(i >= k for i in range(40)) for k in range(1, 40)]
+    assert sum(c in prefixes for c in many) >= 20, "prefixes: a drive that destaged in order"
+    assert sum(c in suffixes for c in many) >= 20, "suffixes: in reverse"
+    huge = list(_subsets(8192, 16, rng))  # a 32 MiB write: bounded, lengths spread over the write
+    assert len(huge) == 16 and sum(huge[2]) not in (0, 8192)
     assert list(_subsets(40, 100, random.Random(5))) == list(_subsets(40, 100, random.Random(5)))
 
 
