@@ -18,8 +18,17 @@ GUEST_SRC := guest
 GUEST_C := $(wildcard $(GUEST_SRC)/*.c)
 GUEST_S := $(wildcard $(GUEST_SRC)/*.S)
 GUEST_OBJ := $(patsubst $(GUEST_SRC)/%,$(BUILD)/guest/%.o,$(GUEST_C) $(GUEST_S))
+# Extra compile flags for guest/*.c, and what else the kernel links (the coverage build's).
+GUEST_CFLAGS_EXTRA :=
+GUEST_EXTRA_OBJ :=
+GUEST_EXTRA_LIBS :=
+# `make coverage` (harness/coverage/): the guest with gcov counters, built into a BUILD of its own
+# (build/ for make test, make bench and timings keeps the plain kernel); reports in build/coverage/.
+COVERAGE_BUILD := $(BUILD)/coverage-kernel
+COVERAGE_OUT := $(BUILD)/coverage
+COVERAGE_CFLAGS := --coverage -fprofile-info-section -fprofile-update=single
 
-.PHONY: deps guest run test debug bench lint mutate clean
+.PHONY: deps guest run test debug bench lint mutate clean coverage coverage-guest
 
 deps: $(STAMP)
 
@@ -41,7 +50,7 @@ $(STAMP): pyproject.toml
 guest: $(KERNEL)
 
 $(BUILD)/guest/%.c.o: $(GUEST_SRC)/%.c $(wildcard $(GUEST_SRC)/*.h) | $(BUILD)/guest
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS) $(GUEST_CFLAGS_EXTRA) -c $< -o $@
 
 $(BUILD)/guest/%.S.o: $(GUEST_SRC)/%.S | $(BUILD)/guest
 	$(CC) -m32 -g -c $< -o $@
@@ -49,8 +58,37 @@ $(BUILD)/guest/%.S.o: $(GUEST_SRC)/%.S | $(BUILD)/guest
 $(BUILD)/guest:
 	mkdir -p $@
 
-$(KERNEL): $(GUEST_OBJ) $(GUEST_SRC)/linker.ld
-	$(CC) $(LDFLAGS) -T $(GUEST_SRC)/linker.ld -o $@ $(GUEST_OBJ) $$($(CC) -m32 -print-libgcc-file-name)
+$(KERNEL): $(GUEST_OBJ) $(GUEST_EXTRA_OBJ) $(GUEST_SRC)/linker.ld
+	$(CC) $(LDFLAGS) -T $(GUEST_SRC)/linker.ld -o $@ $(GUEST_OBJ) $(GUEST_EXTRA_OBJ) $(GUEST_EXTRA_LIBS) \
+		$$($(CC) -m32 -print-libgcc-file-name)
+
+# The coverage build's gcov runtime (guest/gcov/runtime.c: no counters of its own).
+$(BUILD)/guest/gcov-runtime.o: $(GUEST_SRC)/gcov/runtime.c | $(BUILD)/guest
+	$(CC) $(CFLAGS) -c $< -o $@
+
+# The instrumented kernel: $(COVERAGE_BUILD)/guest/kernel.elf, its .gcno files beside the objects.
+coverage-guest:
+	$(MAKE) --no-print-directory guest BUILD=$(COVERAGE_BUILD) GUEST_CFLAGS_EXTRA="$(COVERAGE_CFLAGS)" \
+		GUEST_EXTRA_OBJ=$(COVERAGE_BUILD)/guest/gcov-runtime.o \
+		GUEST_EXTRA_LIBS="$$($(CC) -m32 -print-file-name=libgcov.a)"
+
+# Line/branch coverage of the guest and functional coverage of the ATA protocol: the suite run
+# against the instrumented kernel (PIIX3_KERNEL), the counters read from guest RAM into .gcda
+# files, gcovr's reports in build/coverage/ (index.html, coverage.xml, coverage.info) and its
+# per-file summary; the functional report beside them. COVERAGE_FAIL_UNDER: the levels reached.
+COVERAGE_FAIL_UNDER := --fail-under-line 0 --fail-under-branch 0
+GCOVR := $(VENV)/bin/gcovr --root . --filter 'guest/' $(COVERAGE_BUILD)/guest
+coverage: deps guest coverage-guest
+	@rm -f $(COVERAGE_BUILD)/guest/*.gcda; rm -rf $(COVERAGE_OUT); mkdir -p $(COVERAGE_OUT)
+	@rc=0; PIIX3_KERNEL=$(abspath $(COVERAGE_BUILD)/guest/kernel.elf) $(VENV)/bin/pytest -n auto \
+		--piix3-firmware=both --piix3-gcov --piix3-fcov --piix3-coverage-dir $(COVERAGE_OUT) \
+		$(PYTEST_ARGS) || rc=$$?; \
+	$(GCOVR) --html-details $(COVERAGE_OUT)/index.html --html-title 'piix3-harness guest coverage' \
+		--cobertura $(COVERAGE_OUT)/coverage.xml --lcov $(COVERAGE_OUT)/coverage.info \
+		--txt --txt-summary $(COVERAGE_FAIL_UNDER) || rc=$$?; \
+	$(GCOVR) --txt --txt-metric branch >$(COVERAGE_OUT)/uncovered-branches.txt || rc=$$?; \
+	echo "coverage: $(COVERAGE_OUT)/index.html (annotated source), coverage.xml, coverage.info," \
+		"uncovered-branches.txt, functional.md"; exit $$rc
 
 run: deps guest
 	$(VENV)/bin/piix3 run $(ARGS)

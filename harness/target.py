@@ -39,6 +39,8 @@ SYMBOLS = {
     "last_error": "(unsigned)&ata_last_error",
     "request": "(unsigned)&harness_request",
 }
+# Called with every new Target: observers that watch every machine (harness/coverage/).
+TARGET_HOOKS: list[Callable[[Target], None]] = []
 
 
 class Target:
@@ -64,10 +66,15 @@ class Target:
         self.device_traces = 0  # device_trace() contexts active (harness/portio/devtrace.py)
         self.boot_hooks: list[Callable[[], None]] = []  # a new QEMU is up (paused), before it runs
         self.halt_hooks: list[Callable[[], None]] = []  # a QEMU has gone (its logs are complete)
+        # Guest RAM is about to be lost or rolled back ("reset", "halt", "kill", "loadvm"; still
+        # readable), or has just been rolled back ("loaded"): gcov counters live there.
+        self.ram_hooks: list[Callable[[str], None]] = []
         self._ram: mmap.mmap | None = None
         self._ram_dir: Path | None = None  # where the RAM file went when rundir had no room
         self._symbols: dict[str, int] = {}
         self._park_bp = "1"  # GDB's number for the park breakpoint
+        for hook in TARGET_HOOKS:
+            hook(self)
 
     # --- files -----------------------------------------------------------------------
     def use(self, paths: QemuPaths) -> None:
@@ -148,6 +155,8 @@ class Target:
     def halt(self, clean: bool, keep_gdb: bool = False) -> None:
         """Stop QEMU (quit or SIGKILL); stop GDB too unless it is to attach to the next QEMU."""
         self.parked = False
+        if self.qemu is not None:
+            self._ram_event("halt" if clean else "kill")
         if self._ram is not None:
             self._ram.close()
             self._ram = None
@@ -171,6 +180,10 @@ class Target:
         if self._ram_dir is not None:
             shutil.rmtree(self._ram_dir, ignore_errors=True)
             self._ram_dir = None
+
+    def _ram_event(self, what: str) -> None:
+        for hook in self.ram_hooks:
+            hook(what)
 
     def live(self) -> tuple[GdbMi, QemuProcess]:
         """GDB and QEMU, or HarnessError saying why there are none."""
@@ -291,6 +304,7 @@ class Target:
     def system_reset(self) -> None:
         """QMP system_reset, then run to harness_ready again (same QEMU, same RAM file)."""
         gdb, qemu = self.live()
+        self._ram_event("reset")
         qemu.command("system_reset")
         qemu.events()  # RESET, STOP, RESUME...: nobody asked; do not let them pile up
         gdb.command("maint flush register-cache")
@@ -411,12 +425,15 @@ class Target:
         if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
             raise UsageError(f"snapshot name {name!r:.40}: use letters, digits, - and _")
         was_parked = self.parked
+        if verb == "loadvm":
+            self._ram_event("loadvm")
         out = str(qemu.command("human-monitor-command", **{"command-line": f"{verb} {name}"})).strip()
         qemu.events()
         if out:  # HMP prints nothing on success
             raise QemuError(f"{verb} {name}: {out}", artifacts=self.artifact_files())
         if verb != "loadvm":
             return
+        self._ram_event("loaded")
         gdb.command("maint flush register-cache")
         if not was_parked:
             # GDB steps over a breakpoint only at the PC where it last saw the guest stop; back

@@ -6,6 +6,7 @@ fixtures.py  machine, machine_factory, disk, piix3_firmware
 pool.py      the snapshot pool behind the fast `machine` fixture
 protocol.py  the protocol checker on every test (QEMU's device trace, checked after the body)
 state.py     what they share (pytest stash keys)
+coverage.py  --piix3-gcov, --piix3-fcov: gcov counters and functional coverage (own plugin)
 """
 
 from harness.pytest_plugin.fixtures import (
@@ -26,6 +27,9 @@ from harness.pytest_plugin.hooks import (
     pytest_sessionfinish,
 )
 from harness.pytest_plugin.pool import SnapshotPool, piix3_snapshot_pool
+
+# coverage.py is a plugin of its own (it has hooks these have too), loaded with this one
+pytest_plugins = ["harness.pytest_plugin.coverage"]
 
 __all__ = [
     "MachineFactory",
