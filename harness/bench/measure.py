@@ -195,7 +195,7 @@ def _suite_rows(ctx: BenchContext) -> list[Row]:
         return []
     root = Path(__file__).resolve().parent.parent
     times = {}
-    for workers in ("0", "auto"):
+    for workers, protocol in (("0", "on"), ("auto", "on"), ("auto", "off")):
         t0 = time.perf_counter()
         done = subprocess.run(
             [
@@ -208,6 +208,7 @@ def _suite_rows(ctx: BenchContext) -> list[Row]:
                 "-n",
                 workers,
                 "--piix3-firmware=both",
+                f"--piix3-protocol={protocol}",
                 str(root / "tests"),
             ],
             cwd=root,
@@ -216,18 +217,26 @@ def _suite_rows(ctx: BenchContext) -> list[Row]:
             timeout=SUITE_TIMEOUT,
             check=False,
         )
-        times[workers] = time.perf_counter() - t0
+        times[workers + protocol] = time.perf_counter() - t0
         if done.returncode:
             raise HarnessError(f"the suite failed with -n {workers}: {done.stdout[-500:]}")
-        ctx.progress.step(f"suite -n {workers}")
+        ctx.progress.step(f"suite -n {workers}, protocol checker {protocol}")
     return [
         Row(
-            f"suite speed-up: serial {times['0']:.1f} s / -n auto "
-            f"({os.cpu_count()} cores) {times['auto']:.1f} s",
-            times["0"] / times["auto"],
+            f"suite speed-up: serial {times['0on']:.1f} s / -n auto "
+            f"({os.cpu_count()} cores) {times['autoon']:.1f} s",
+            times["0on"] / times["autoon"],
             "x",
             target=">= 1.6x",
-        )
+        ),
+        Row(
+            "suite, -n auto, protocol checker on",
+            times["autoon"],
+            "s",
+            "the same, checker off",
+            times["autooff"],
+            "<= 1.25x",
+        ),
     ]
 
 
@@ -273,10 +282,47 @@ def _harness_rows(ctx: BenchContext) -> list[Row]:
 
 
 # (function, progress steps it reports). Append new sections here.
+def _power_loss_rows(ctx: BenchContext) -> list[Row]:
+    """What a volatile write cache costs: a write call, a flush and the call after it (the
+    harness reads the IDE device's flush count), and a power loss, each beside the same on a
+    writethrough drive (a crash() for the power loss: both are a reboot)."""
+    medians: dict[str, dict[str, float]] = {}
+    data = bytes(SECTOR)
+    with tempfile.TemporaryDirectory(prefix="piix3-powerloss-", dir=ctx.disk.path.parent) as d:
+        for mode in ("writethrough", "volatile"):
+            disk = DiskImage.create(Path(d) / f"{mode}.img", size_mib=16)
+            with Machine(disks=[disk], firmware=ctx.firmware, write_cache=mode) as m:
+
+                def flush_then_read(m: Machine = m) -> None:
+                    m.ata.flush(0)
+                    m.ata.read(0, 0, 1)
+
+                def unflushed_then_lost(m: Machine = m, mode: str = mode) -> None:
+                    m.ata.write(0, 8, data)
+                    if mode == "volatile":
+                        m.power_loss("drop")
+                    else:
+                        m.crash()
+
+                medians[mode] = {
+                    "write": _samples(lambda m=m: m.ata.write(0, 0, data), ctx.repeat),  # type: ignore[misc]
+                    "flush": _samples(flush_then_read, ctx.repeat),
+                    "loss": _samples(unflushed_then_lost, max(3, ctx.repeat // 4)),
+                }
+            ctx.progress.step(f"power loss ({mode})")
+    wt, vol = medians["writethrough"], medians["volatile"]
+    return [
+        Row("volatile cache: 1-sector write call", vol["write"], "ms", "the same, writethrough", wt["write"]),
+        Row("volatile cache: flush + next call", vol["flush"], "ms", "the same, writethrough", wt["flush"]),
+        Row("power_loss('drop') after one write", vol["loss"], "ms", "crash() after one write", wt["loss"]),
+    ]
+
+
 TIMING_SECTIONS: list[tuple[Callable[[BenchContext], list[Row]], int]] = [
     (_startup_rows, 2),
     (_harness_rows, 3),
     (_snapshot_rows, 1),
+    (_power_loss_rows, 2),
     (_suite_rows, SUITE_STEPS),
 ]
 

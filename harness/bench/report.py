@@ -11,7 +11,7 @@ from harness.bench.armed import ArmedCheck
 
 KIB = 1 << 10
 MIB = 1 << 20
-SUITE_STEPS = 2
+SUITE_STEPS = 3  # serial, -n auto, -n auto without the protocol checker
 DISK_MIB = 96  # room for two 32 MiB commands and more: sequential LBAs wrap within it
 SIZES = (4 * KIB, 64 * KIB, MIB, 32 * MIB)  # bytes per command in the throughput table
 MODES = ("dma", "pio")
@@ -46,7 +46,7 @@ class Row:
     def ratio(self) -> float | None:
         if self.floor is None or not self.floor or not self.value:
             return None
-        return self.value / self.floor if self.unit == "ms" else self.floor / self.value
+        return self.value / self.floor if self.unit in ("ms", "s") else self.floor / self.value
 
 
 @dataclass
