@@ -89,6 +89,10 @@ def test_the_error_record_names_drive_bus_master_and_lba(
         assert (rec.code, rec.drive, rec.command, rec.lba) == (AtaCode.DEVICE, 3, command, 77), rec
         assert (rec.status, rec.error, rec.bm_status) == (0x41, 0x04, 0x40), rec
         assert rec.phase == (4 if mode == "dma" else 2)
+        assert (
+            f"ata: drive 3 cmd {command:02x} error: status=41 err=04 lba=77 phase={rec.phase}\n"
+            in m.serial_text()
+        )
         m.ata.read(0, 9, 1, mode=mode)
         assert record(m) == ErrorRecord(0, 0, command, 0, 0, 0, 0, 0, 9)
 
@@ -183,3 +187,65 @@ def test_ide_decode_is_turned_on_when_off(machine: Machine) -> None:
     timing = m.call("harness_pci_read32", bdf, IDETIM[0])
     assert timing is not None and timing & IDETIM_DECODE and timing >> 16 & IDETIM_DECODE, f"{timing:#x}"
     assert m.ata.read(0, 0, 1) == bytes(SECTOR)
+
+
+def test_calls_straight_into_the_driver_are_checked_by_it(machine: Machine) -> None:
+    """The driver's own argument checks, called as any C caller would (the harness's checks out
+    of the way): drive numbers just outside 0..3, a count one past 65536, a buffer that ends
+    one sector past the end of RAM (and one that ends exactly there), and the command each
+    refused call names in the record. Also the documented default bound on every wait."""
+    m = machine
+    assert m.ata.timeout_ms == 2000
+    xfer = m.symbol("xfer_buf")
+    for drive in (-1, 4):
+        for call in (
+            ("ata_read", drive, 0, 1, xfer, DMA_MODE),
+            ("ata_write", drive, 0, 1, xfer, DMA_MODE),
+            ("ata_identify", drive, xfer),
+            ("ata_flush", drive),
+            ("ata_set_write_cache", drive, 1),
+        ):
+            assert m.call(*call) == AtaCode.INVAL, call
+    assert m.call("ata_reset_channel", -1) == AtaCode.INVAL
+    for mode in (0, DMA_MODE):
+        assert m.call("ata_read", 0, 0, 65537, xfer, mode) == AtaCode.INVAL
+    end = m.evaluate_int("ata_ram_end")
+    assert m.call("ata_read", 0, 0, 2, end - SECTOR, DMA_MODE) == AtaCode.INVAL
+    assert m.call("ata_read", 0, 0, 1, end - SECTOR, DMA_MODE) == 0
+    assert m.call("ata_identify", 1, xfer) == AtaCode.NODEV
+    assert (record(m).code, record(m).drive, record(m).command) == (AtaCode.NODEV, 1, 0xEC)
+    assert m.call("ata_set_write_cache", 2, 0) == AtaCode.NODEV
+    assert (record(m).drive, record(m).command) == (2, 0xEF)
+    log = m.serial_text()
+    assert "prog-if 80 " in log, log[:400]
+
+
+def test_without_multiple_mode_and_without_lba48(machine_factory: MachineFactory, tmp_path: Path) -> None:
+    """QEMU's drives all take SET MULTIPLE MODE 16 and all have LBA48; a drive that did neither
+    is set up here in the driver's table (through GDB). Without multiple mode, PIO uses READ and
+    WRITE SECTORS (EXT), one sector per DRQ block, and the record of the device's side keeps the
+    protocol; without LBA48, a transfer of more than 256 sectors is refused. And a device error
+    at an LBA28 address with bits 27:24 = 0xD names exactly that LBA."""
+    fault = 0x0DCB_A987
+    disk = DiskImage.create(tmp_path / "big.img", size_bytes=(LBA28_LIMIT + (1 << 16)) * SECTOR)
+    m = machine_factory(disks=[disk], faults={0: [Fault("read", sector=fault)]})
+    for mode in ("pio", "dma"):
+        with pytest.raises(AtaError) as e:
+            m.ata.read(0, fault - (16 if mode == "pio" else 0), 32, mode=mode)
+        assert e.value.lba == fault, f"{mode}: {e.value.lba:#x}"
+    m.evaluate_int("ata_drives[0].multiple = 0")
+    with m.device_trace() as dev:
+        for n, (lba, ext) in enumerate(((1000, False), (LBA28_LIMIT + 10, True))):
+            data = pattern(40 + n, 20)
+            m.ata.write(0, lba, data, mode="pio")
+            assert record(m).command == (0x34 if ext else 0x30)
+            assert m.ata.read(0, lba, 20, mode="pio") == data
+            assert record(m).command == (0x24 if ext else 0x20)
+    found = check(dev.events, port_map=m.ports.port_map(), hardware_resets=hardware_resets(dev.actions))
+    assert found == [], render_text(found)
+    m.ata.flush(0)
+    assert disk.read_sectors(1000, 20) == pattern(40, 20)
+    m.evaluate_int("ata_drives[0].lba48 = 0")
+    assert m.call("ata_read", 0, 0, 257, m.symbol("xfer_buf"), DMA_MODE) == AtaCode.INVAL
+    assert m.call("ata_read", 0, 0, 256, m.symbol("xfer_buf"), DMA_MODE) == 0
+    assert record(m).command == 0xC8

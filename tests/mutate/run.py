@@ -206,7 +206,7 @@ def mutants_of(name: str, source: str) -> list[Mutant]:
     seen: dict[str, int] = {}
     for pos, before, after, op in sorted(found):
         line_no = source.count("\n", 0, pos) + 1
-        line_text = source.splitlines()[line_no - 1].strip()
+        line_text = " ".join(source.splitlines()[line_no - 1].split())  # no tabs in a key
         base = f"{name} | {line_text} | {before} -> {after or '(nothing)'}"
         n = seen.get(base, 0)
         seen[base] = n + 1
