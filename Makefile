@@ -5,7 +5,7 @@ VENV := .venv
 BUILD := build
 STAMP := $(BUILD)/.deps-stamp
 KERNEL := $(BUILD)/guest/kernel.elf
-APT_PACKAGES := qemu-system-x86 qemu-utils gdb gcc-multilib binutils make
+APT_PACKAGES := qemu-system-x86 qemu-utils gdb gcc-multilib binutils make python3-venv python3-pip
 
 CC := gcc
 CFLAGS := -m32 -march=i686 -ffreestanding -fno-pic -fno-pie -fno-stack-protector \

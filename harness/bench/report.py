@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from typing import Any
 
 from harness.bench.armed import ArmedCheck
 
+PACKAGE = "piix3-harness"  # the distribution whose version a report carries
 KIB = 1 << 10
 MIB = 1 << 20
 SUITE_STEPS = 3  # serial, -n auto, -n auto without the protocol checker
@@ -100,6 +102,7 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "version": harness_version(),
             "firmware": self.firmware,
             "repeat": self.repeat,
             "quick": self.quick,
@@ -109,6 +112,15 @@ class Report:
             "armed_check": self.armed.as_dict() if self.armed else None,
             "notes": self.notes,
         }
+
+
+def harness_version() -> str:
+    """The installed piix3-harness's version (pyproject.toml's), or "unknown" when the package
+    is not installed (the tree used from a checkout without `pip install`)."""
+    try:
+        return metadata.version(PACKAGE)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class Progress:
