@@ -386,7 +386,7 @@ def cmd_debug(args: argparse.Namespace) -> int:
         DiskImage.create(image, size_mib=args.size_mib)
     kernel = find_kernel()
     rundir = Path(tempfile.mkdtemp(prefix="piix3-debug-"))
-    paths = QemuPaths.under(rundir, rundir)
+    paths = QemuPaths.under(rundir, rundir).without_console()  # nobody here reads a console
     qemu = QemuProcess(QemuConfig(kernel=kernel, disks={0: DiskImage(image)}, firmware=args.firmware), paths)
     qemu.start()
     gdb_argv = [

@@ -21,6 +21,7 @@ from harness import artifacts, locking, procs, rundir
 from harness.abi import Request
 from harness.ata import Ata
 from harness.checks import int_problem, is_int, seconds, text
+from harness.console import Console
 from harness.disk import DiskImage
 from harness.errors import ConfigError, HarnessError, Terminated, UsageError
 from harness.faults import Fault
@@ -36,7 +37,7 @@ from harness.powerloss import (
     check_unflushed,
     write_cache_map,
 )
-from harness.qemu import QemuConfig, QemuPaths, QemuProcess
+from harness.qemu import QEMU_BINARY, QemuConfig, QemuPaths, QemuProcess
 from harness.stops import Stop
 from harness.target import PARK_SYMBOL, Target
 from harness.transport import Mailboxes
@@ -117,6 +118,7 @@ class Machine:
         boot_timeout: float = BOOT_TIMEOUT,
         data_path: str = "shm",
         gdb: str = "gdb",
+        qemu: str = QEMU_BINARY,
         extra_qemu_args: Sequence[str] = (),
         faults: Mapping[int, Sequence[Fault]] | None = None,
         io_error: str = "report",
@@ -142,6 +144,7 @@ class Machine:
             disks=disk_map,
             firmware=firmware,
             memory_mib=memory_mib,
+            qemu_binary=text("qemu", qemu, ConfigError),
             extra_args=tuple(extra_qemu_args),
             faults=_fault_map(faults),
             io_error=io_error,
@@ -169,6 +172,7 @@ class Machine:
             self.target.resume_hooks.append(self.write_caches.boundary)
             self.mailboxes.on_post = self.write_caches.expect
         self.ata = Ata(self.mailboxes, self.target, self.exclusive)
+        self.console = Console(self.target)  # the guest's COM1: expect() what it prints, send()
         self.rundir: Path | None = None
         self.artifacts: Path | None = None
         self.failed = False

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import select
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -113,6 +114,8 @@ class QemuConfig:
 
 # The names of a machine's files: spelled here and nowhere else.
 SERIAL_LOG = "serial.log"  # the guest's COM1
+SERIAL_PIPE = "ser"  # the guest's COM1 as FIFOs ser.in, ser.out in the rundir (harness/console.py)
+SERIAL_CHARDEV = "ser0"  # its chardev's id
 QEMU_LOG = "qemu.log"  # QEMU's stdout and stderr
 QEMU_CMDLINE = "qemu.cmdline"
 GDB_LOG = "gdb-mi.log"  # the GDB/MI transcript
@@ -137,6 +140,7 @@ class QemuPaths:
     gdb_log: Path | None = None
     gdb_cmdline: Path | None = None
     hang_file: Path | None = None
+    serial_pipe: Path | None = None  # COM1 as FIFOs <this>.in/.out (logging to serial_log); None: a file
 
     @classmethod
     def under(cls, rundir: Path, logs: Path) -> QemuPaths:
@@ -153,7 +157,18 @@ class QemuPaths:
             gdb_log=logs / GDB_LOG,
             gdb_cmdline=logs / GDB_CMDLINE,
             hang_file=logs / HANG_FILE,
+            serial_pipe=rundir / SERIAL_PIPE,
         )
+
+    def without_console(self) -> QemuPaths:
+        """The same, with COM1 a plain file (serial.log): for a QEMU nobody reads a console of."""
+        return replace(self, serial_pipe=None)
+
+    def serial_fifos(self) -> tuple[Path, Path] | None:
+        """COM1's FIFOs: (to the guest, from the guest), when it has them."""
+        if self.serial_pipe is None:
+            return None
+        return Path(f"{self.serial_pipe}.in"), Path(f"{self.serial_pipe}.out")
 
     def blkdebug_rules(self, drive: int) -> Path:
         """The blkdebug rules file for one drive's faults."""
@@ -182,6 +197,18 @@ def trace_log_arg(paths: QemuPaths) -> Path | None:
     if "%" in str(paths.trace_log) and paths.rundir is not None:
         return paths.rundir / "trace-log"
     return paths.trace_log
+
+
+def serial_chardev(paths: QemuPaths) -> str:
+    """COM1's chardev: a pair of FIFOs (QEMU's `pipe` backend) that also logs every byte the
+    guest sends to serial.log, read or not; else a plain file. FIFOs rather than a unix socket:
+    a socket takes under 300 one-byte writes before the reader must catch up (each is a buffer
+    of its own), a FIFO 64 KiB, and on a full one QEMU slows the guest down and logs the byte
+    it could not send twice."""
+    if paths.serial_pipe is None:
+        return f"file,id={SERIAL_CHARDEV},path={_opt(paths.serial_log)},append=on"
+    pipe = _opt(paths.serial_pipe)
+    return f"pipe,id={SERIAL_CHARDEV},path={pipe},logfile={_opt(paths.serial_log)},logappend=on"
 
 
 def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
@@ -213,9 +240,9 @@ def build_command(cfg: QemuConfig, paths: QemuPaths) -> list[str]:
         "-mon",
         "chardev=qmp0,mode=control",
         "-chardev",
-        f"file,id=ser0,path={_opt(paths.serial_log)},append=on",
+        serial_chardev(paths),
         "-serial",
-        "chardev:ser0",
+        f"chardev:{SERIAL_CHARDEV}",
     ]
     trace_log = trace_log_arg(paths)
     if trace_log is not None:
@@ -306,6 +333,12 @@ class QemuProcess:
         for name in (self.paths.serial_log, self.paths.trace_log):  # QEMU opens these by name
             if name is not None:
                 artifacts.ensure(name)
+        for fifo in self.paths.serial_fifos() or ():  # made once; every QEMU of the machine opens them
+            try:
+                if not fifo.is_fifo():
+                    os.mkfifo(fifo, 0o600)
+            except OSError as exc:
+                raise self._error(f"cannot make the serial console's FIFO {fifo}: {exc.strerror}") from None
         alias = trace_log_arg(self.paths)
         if alias is not None and alias != self.paths.trace_log and self.paths.trace_log is not None:
             alias.unlink(missing_ok=True)

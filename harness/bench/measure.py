@@ -112,7 +112,7 @@ def _raw_start(ctx: BenchContext) -> None:
     with tempfile.TemporaryDirectory(
         prefix="piix3-raw-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
     ) as d:
-        paths = QemuPaths.under(Path(d), Path(d))
+        paths = QemuPaths.under(Path(d), Path(d)).without_console()  # COM1 to the log: no FIFOs to make
         cfg = QemuConfig(kernel=find_kernel(), disks={0: ctx.disk}, firmware=ctx.firmware)
         argv = [a for a in build_command(cfg, paths) if a != "-S"]
         # the raw floor needs no QMP: drop the monitor (its socket would have no listener)

@@ -1,5 +1,5 @@
 """The plugin's fixtures: machine, machine_factory, disk, piix3_firmware, and each test's
-artifact directory."""
+artifact directory (where its machines' logs and, when it fails, its waveforms go)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from harness.disk import DiskImage
 from harness.machine import Machine
-from harness.pytest_plugin import protocol, state
+from harness.pytest_plugin import options, protocol, state, waveforms
 from harness.pytest_plugin.hooks import firmware_choice
 from harness.pytest_plugin.pool import SnapshotPool
 
@@ -46,6 +46,13 @@ def _test_dir(request: pytest.FixtureRequest, factory: pytest.TempPathFactory) -
     )
 
 
+@pytest.fixture(autouse=True)
+def _piix3_waveforms(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test: the port watches and device traces made from here on are its own, drawn
+    into its artifact directory if it fails (waveforms.py)."""
+    waveforms.start(request.node, _test_dir(request, tmp_path_factory))
+
+
 @pytest.fixture
 def machine_factory(
     request: pytest.FixtureRequest, piix3_firmware: str, tmp_path_factory: pytest.TempPathFactory
@@ -63,7 +70,7 @@ def machine_factory(
         out = base / f"machine{len(made)}"
         shutil.rmtree(out, ignore_errors=True)
         kwargs.setdefault("firmware", piix3_firmware)
-        m = Machine(disks=disks, artifacts_dir=out, **kwargs)
+        m = Machine(disks=disks, artifacts_dir=out, **options.machine_kwargs(request.config, kwargs))
         made.append(m)
         request.node.stash.setdefault(state.MACHINES, []).append(m)
         dirs.append(out)
@@ -119,7 +126,8 @@ def machine(
     out = _test_dir(request, tmp_path_factory) / "pooled-machine"
     request.node.stash.setdefault(state.ARTIFACT_DIRS, []).append(out)
     yield m
-    if logs is not None and state.failed(request.node):
+    keep = state.failed(request.node) or request.config.getoption("--piix3-keep-artifacts")
+    if logs is not None and keep:
         out.mkdir(parents=True, exist_ok=True)
         for f in logs.iterdir():
             if not f.is_file():

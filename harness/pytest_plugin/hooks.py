@@ -1,5 +1,5 @@
-"""The plugin's hooks: options, markers, reports that name each failed test's logs, the
-firmware parametrization, a leak check after every test and at the end, and
+"""The plugin's hooks: options, markers, reports that name each failed test's logs and
+waveforms, the firmware parametrization, a leak check after every test and at the end, and
 --piix3-keep-on-fail (a failed test's QEMU left paused for a person's GDB)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from harness import procs
 from harness.errors import HarnessError, raise_terminated
 from harness.machine import Machine
 from harness.paths import GDBINIT
-from harness.pytest_plugin import protocol, state
+from harness.pytest_plugin import options, protocol, state, waveforms
 from harness.pytest_plugin.pool import POOL
 from harness.qemu import FIRMWARE
 
@@ -58,6 +58,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="when a test fails, keep its QEMU paused, print the command that attaches GDB (with the "
         "gdbinit) and wait for Enter before tearing down; only with a terminal, never when $CI is set",
     )
+    options.add(group)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,6 +69,7 @@ def pytest_configure(config: pytest.Config) -> None:
         and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     ):
         signal.signal(signal.SIGTERM, raise_terminated)
+    options.configure(config)  # --piix3-kernel/-qemu/-qemu-args/-gdb checked before any test
     config.addinivalue_line("markers", "qemu: starts real QEMU and GDB (integration test)")
     config.addinivalue_line(
         "markers",
@@ -107,6 +109,8 @@ def pytest_runtest_makereport(
     item.stash.setdefault(state.REPORTS, {})[report.when] = report
     if report.when == "call" and report.failed and item.config.getoption("--piix3-keep-on-fail"):
         _keep_on_fail(item)
+    if report.failed:
+        waveforms.on_failure(item, report)
     dirs = item.stash.get(state.ARTIFACT_DIRS, [])
     if report.failed and dirs:
         for d in dirs:  # JUnit XML (--junitxml) carries them as <property> elements
@@ -186,7 +190,8 @@ def _attach_command(m: Machine) -> str:
     """The command line that attaches GDB, with the gdbinit, to m's (paused) QEMU."""
     assert m.qemu is not None
     target = shlex.quote(f"target remote {m.qemu.paths.gdb_socket}")
-    return f"gdb -q -x {shlex.quote(str(GDBINIT))} -ex {target} {shlex.quote(str(m.config.kernel))}"
+    gdb = shlex.quote(m.target.gdb_binary)
+    return f"{gdb} -q -x {shlex.quote(str(GDBINIT))} -ex {target} {shlex.quote(str(m.config.kernel))}"
 
 
 def _keep_on_fail(item: pytest.Item) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.disk import DiskImage
 from harness.errors import HarnessError
 from harness.machine import CALL_TIMEOUT, SNAPSHOT_MEMORY_MIB, Machine
+from harness.pytest_plugin.options import MACHINE_OPTIONS
 
 
 class SnapshotPool:
@@ -18,8 +20,9 @@ class SnapshotPool:
     harness_ready; each test that may use it starts from that snapshot (RAM, CPU, devices and
     disk restored by loadvm) instead of booting."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, machine_options: dict[str, Any] | None = None) -> None:
         self.root = root
+        self.machine_options = dict(machine_options or {})  # the session's --piix3-kernel, ...
         self.machines: dict[str, Machine] = {}
 
     def get(self, firmware: str) -> Machine:
@@ -30,6 +33,7 @@ class SnapshotPool:
                 m.clear_debug_state()  # loadvm leaves GDB's breakpoints alone
                 m.call_timeout = CALL_TIMEOUT
                 m.failed = False
+                m.console.clear()  # the last test's output is not this one's
                 return m
             except HarnessError:  # a test broke it (killed QEMU, closed it...): build anew
                 m.close(failed=True)
@@ -41,9 +45,11 @@ class SnapshotPool:
             firmware=firmware,
             memory_mib=SNAPSHOT_MEMORY_MIB,
             artifacts_dir=self.root / f"{firmware}-artifacts",
+            **self.machine_options,
         )
         m.start()
         m.save_snapshot()
+        m.console.clear()  # every test's console starts at the snapshot, boot output read
         self.machines[firmware] = m
         return m
 
@@ -64,7 +70,7 @@ def piix3_snapshot_pool(
     pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SnapshotPool]:
     """The worker's SnapshotPool (closed at the end of the session)."""
-    pool = SnapshotPool(tmp_path_factory.mktemp("snapshot-pool"))
+    pool = SnapshotPool(tmp_path_factory.mktemp("snapshot-pool"), pytestconfig.stash.get(MACHINE_OPTIONS, {}))
     pytestconfig.stash[POOL] = pool
     yield pool
     pool.close()

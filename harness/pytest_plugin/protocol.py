@@ -20,6 +20,7 @@ from harness.portio import protocol
 from harness.portio.devtrace import DeviceTrace
 
 TRACES = pytest.StashKey[list[tuple[Machine, DeviceTrace]]]()  # per test: machine, its trace
+OPENED = pytest.StashKey[set[int]]()  # per test: the serials of the traces opened here (waveforms.py)
 MARKER = "piix3_protocol"
 SHOWN = 5  # violations shown in a failure (all are in the JSON next to the logs)
 
@@ -39,6 +40,7 @@ def watch(item: pytest.Item, m: Machine) -> None:
     trace = m.device_trace(data=False)  # data words: 36 MB of log per MiB of PIO
     trace.__enter__()
     item.stash.setdefault(TRACES, []).append((m, trace))
+    item.stash.setdefault(OPENED, set()).add(trace.serial)
 
 
 def _close_all(item: pytest.Item) -> list[tuple[Machine, DeviceTrace]]:

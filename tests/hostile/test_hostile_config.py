@@ -51,6 +51,8 @@ MACHINE_TABLE: list[tuple[str, Make, str]] = [
     ("io_error 'ignore'", lambda d, t: Machine(disks=[d], io_error="ignore"), "io_error"),
     ("data_path 'dma'", lambda d, t: Machine(disks=[d], data_path="dma"), "data_path"),
     ("gdb with NUL", lambda d, t: Machine(disks=[d], gdb="g\0db"), "gdb"),
+    ("qemu with NUL", lambda d, t: Machine(disks=[d], qemu="qemu\0"), "qemu"),
+    ("qemu an int", lambda d, t: Machine(disks=[d], qemu=5), "qemu"),  # type: ignore[arg-type]
     ("kernel with NUL", lambda d, t: Machine(disks=[d], kernel="/tmp/k\0x"), "kernel"),
     ("artifacts_dir with NUL", lambda d, t: Machine(disks=[d], artifacts_dir="/tmp/a\0b"), "artifacts_dir"),
     ("artifacts_dir an int", lambda d, t: Machine(disks=[d], artifacts_dir=5), "artifacts_dir"),  # type: ignore[arg-type]

@@ -43,11 +43,10 @@ def test_drive_positions_are_detected(
     for d, info in found.items():
         assert info.sectors == disks[d].sectors
         assert info.model == "QEMU HARDDISK"
-    log = m.serial_text()
-    assert "PIIX3 IDE at 00:01.1 (8086:7010)" in log
-    for d in range(4):
+    m.console.expect_exact("PIIX3 IDE at 00:01.1 (8086:7010)")
+    for d in range(4):  # in drive order, after the controller
         status = "QEMU HARDDISK" if d in positions else "none"
-        assert f"drive {d} ({NAMES[d]}): {status}" in log
+        m.console.expect_exact(f"ata: drive {d} ({NAMES[d]}): {status}")
     for d in set(range(4)) - set(positions):
         with pytest.raises(AtaError) as refused:
             m.ata.read(d, 0, 1)
@@ -58,12 +57,13 @@ def test_firmware_state_is_handled(
     machine_factory: MachineFactory, disk: DiskImage, piix3_firmware: str
 ) -> None:
     m = machine_factory(disks=[disk])
-    log = m.serial_text()
     if piix3_firmware == "qboot":  # qboot leaves BAR4 = 0 and the command register = 0
-        assert "firmware left BAR4 unset; assigned c040" in log
-        assert "enabled I/O and bus mastering (command 0005)" in log
+        m.console.expect_exact("pci: firmware left BAR4 unset; assigned c040")
+        m.console.expect_exact("pci: enabled I/O and bus mastering (command 0005)")
     else:
-        assert "bmiba c0" in log and "assigned" not in log
+        m.console.expect(r"pci: PIIX3 IDE at .* bmiba c0[0-9a-f]{2} ")
+        m.console.expect_exact("ready (init 0)")
+        assert "assigned" not in m.console.before, "the firmware's BAR4 was kept"
     # bus mastering really works: a DMA transfer moves data
     data = pattern(1, 8)
     m.ata.write(0, 9, data, mode="dma")
@@ -148,7 +148,7 @@ def test_soft_reset_recovers_each_channel(machine_factory: MachineFactory, tmp_p
         data = pattern(40 + d, 5)
         m.ata.write(d, 60, data)
         m.ata.reset_channel(ch)
-        assert f"ata: channel {ch} reset" in m.serial_text()
+        m.console.expect_exact(f"ata: channel {ch} reset", timeout=5)
         assert m.ata.identify(d).sectors == disks[d].sectors
         assert m.ata.read(d, 60, 5, mode="pio") == data
         assert m.ata.read(d, 60, 5, mode="dma") == data

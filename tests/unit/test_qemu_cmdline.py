@@ -76,7 +76,13 @@ def test_qboot_two_disks(tmp_path: Path, paths: QemuPaths, disks: dict[int, Disk
     assert qmp["backend"] == "socket"
     assert qmp["path"] == str(paths.qmp_socket)
     assert "server" not in qmp  # QEMU connects to the harness's listening socket
-    assert _chardev(argv, "ser0")["path"] == str(paths.serial_log)
+    # COM1: FIFOs ser.in/ser.out in the run directory for m.console, logging everything to serial.log
+    serial = _chardev(argv, "ser0")
+    assert serial["backend"] == "pipe" and serial["path"] == str(paths.serial_pipe)
+    assert serial["logfile"] == str(paths.serial_log) and serial["logappend"] == "on"
+    assert paths.rundir is not None
+    assert paths.serial_fifos() == (paths.rundir / "ser.in", paths.rundir / "ser.out")
+    assert _values(argv, "-serial") == ["chardev:ser0"]
     assert f"mem-path={paths.ram_file}" in _values(argv, "-object")[0]
 
     # drive 0 is the primary master, drive 3 the secondary slave
@@ -146,6 +152,10 @@ def test_comma_in_socket_path_is_escaped(tmp_path: Path) -> None:
     )
     argv = build_command(QemuConfig(kernel=tmp_path / "k"), paths)
     assert f"path={str(paths.gdb_socket).replace(',', ',,')}," in " ".join(_values(argv, "-chardev"))
+    assert f"file,id=ser0,path={str(paths.serial_log).replace(',', ',,')}," in _values(argv, "-chardev")[-1]
+    under = QemuPaths.under(run, run)
+    chardevs = " ".join(_values(build_command(QemuConfig(kernel=tmp_path / "k"), under), "-chardev"))
+    assert f"logfile={str(under.serial_log).replace(',', ',,')}," in chardevs
 
 
 def test_volatile_drive_logs_writes_over_an_overlay_of_the_image(tmp_path: Path, paths: QemuPaths) -> None:
