@@ -91,8 +91,8 @@ class ElfImage:
             self.data = f.read()
         try:
             headers, strtab_off = _elf_headers(self.data, path)
-        except (ValueError, struct.error) as exc:
-            raise GcovError(f"{path}: {exc}") from None
+        except (ValueError, IndexError, struct.error) as exc:
+            raise GcovError(f"{path}: not a readable 32-bit ELF file ({exc!r})") from None
         self.headers = headers
         self.sections: dict[str, tuple[int, ...]] = {}
         for h in headers:
@@ -147,8 +147,11 @@ class GcovLayout:
         if section is None:
             return None
         addr, size = section[3], section[5]
-        pointers = struct.unpack(f"<{size // 4}I", elf.read(addr, size)) if size else ()
-        return cls(Path(kernel).absolute(), tuple(_object(elf, p) for p in pointers))
+        try:
+            pointers = struct.unpack(f"<{size // 4}I", elf.read(addr, size)) if size else ()
+            return cls(Path(kernel).absolute(), tuple(_object(elf, p) for p in pointers))
+        except (ValueError, IndexError, struct.error) as exc:
+            raise GcovError(f"{kernel}: its gcov_info is not what gcc 12 writes ({exc!r})") from None
 
     @property
     def arrays(self) -> list[CounterArray]:

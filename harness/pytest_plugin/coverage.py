@@ -10,11 +10,16 @@ summed per test, merged across xdist workers, written and reported at the end.
     --piix3-fcov-fail-under PCT   fail the session when fewer bins than PCT % are hit
     --piix3-coverage-dir DIR      where the reports go (default build/coverage under the rootdir):
                                   functional.json/.md/.html, gcov-tests.json (functions per test)
+
+Each process (xdist worker or not) keeps its totals in DIR/.parts/, rewritten after every test,
+so a worker that crashes loses at most the test it was running; the controller merges them all.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -26,18 +31,25 @@ from harness.coverage.covergroup import CoverError, Covergroup
 from harness.coverage.observe import CallSampler, GcovCollector, install
 from harness.target import Target
 
-WORKER_KEY = "piix3_coverage"  # xdist workeroutput entry
-
 
 class SessionCoverage:
     """What one pytest process collects; the controller also holds the workers' documents."""
 
-    def __init__(self, gcov_on: bool, fcov_on: bool) -> None:
+    def __init__(self, gcov_on: bool, fcov_on: bool, parts: Path) -> None:
         self.collector = GcovCollector() if gcov_on else None
         self.sampler = CallSampler() if fcov_on else None
         self.tests: dict[str, list[str]] = {}  # nodeid -> source:function that ran (gcov)
-        self.workers: list[dict[str, Any]] = []
+        name = f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}"
+        self.parts = parts
+        self.part = parts / f"{name}.json"
         self.remove = install(self.attach)
+
+    def save(self) -> None:
+        """This process's totals so far, replaced whole (a crash leaves the previous ones)."""
+        self.parts.mkdir(parents=True, exist_ok=True)
+        tmp = self.part.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.document()))
+        os.replace(tmp, self.part)
 
     def attach(self, t: Target) -> None:
         if self.collector is not None:
@@ -53,6 +65,10 @@ class SessionCoverage:
             ran = self.collector.take_current()
             if ran:
                 self.tests[nodeid] = sorted(set(self.tests.get(nodeid, [])) | set(ran))
+                self.parts.mkdir(parents=True, exist_ok=True)
+                with open(self.part.with_suffix(".tests"), "a") as f:  # appended: grows with the run
+                    f.write(json.dumps({nodeid: self.tests[nodeid]}) + "\n")
+        self.save()
 
     def document(self) -> dict[str, Any]:
         return {
@@ -61,7 +77,6 @@ class SessionCoverage:
             "gcov": [c.to_json() for c in self.collector.totals.values()] if self.collector else [],
             "gcov_failures": self.collector.failures if self.collector else [],
             "gcov_collections": self.collector.collections if self.collector else 0,
-            "tests": self.tests,
         }
 
 
@@ -109,7 +124,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if under is not None and not 0 <= under <= 100:
         raise pytest.UsageError(f"--piix3-fcov-fail-under {under}: give a percentage 0..100")
     if gcov_on or fcov_on:
-        config.stash[STATE] = SessionCoverage(gcov_on, fcov_on)
+        parts = _report_dir(config) / ".parts"
+        if not hasattr(config, "workerinput"):  # the controller (or the only process) starts afresh
+            shutil.rmtree(parts, ignore_errors=True)
+        config.stash[STATE] = SessionCoverage(gcov_on, fcov_on, parts)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -129,15 +147,6 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
             state.after_test(item.nodeid)
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: Any) -> None:
-    """xdist controller: a worker's documents."""
-    state = node.config.stash.get(STATE, None)
-    output = getattr(node, "workeroutput", {}) or {}
-    if state is not None and WORKER_KEY in output:
-        state.workers.append(json.loads(output[WORKER_KEY]))
-
-
 def _report_dir(config: pytest.Config) -> Path:
     opt = config.getoption("--piix3-coverage-dir")
     return Path(opt).absolute() if opt else config.rootpath / "build" / "coverage"
@@ -149,18 +158,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = config.stash.get(STATE, None)
     if state is None:
         return
-    doc = state.document()
-    if hasattr(config, "workeroutput"):  # an xdist worker: the controller reports
-        config.workeroutput[WORKER_KEY] = json.dumps(doc)
+    state.save()
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller reports
         return
-    docs = [doc, *state.workers]
+    docs = []
+    tests: dict[str, list[str]] = {}
+    for part in sorted(state.parts.glob("*.json")):  # every process's, crashed workers' too
+        docs.append(json.loads(part.read_text()))
+        tests_file = part.with_suffix(".tests")
+        if tests_file.exists():
+            for line in tests_file.read_text().splitlines():
+                tests.update(json.loads(line))
     out = _report_dir(config)
     out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
     if state.sampler is not None:
         lines += _functional(config, session, docs, out)
     if state.collector is not None:
-        lines += _gcov(docs, out)
+        lines += _gcov(docs, tests, out)
     config.stash[RESULT] = lines
 
 
@@ -193,13 +208,10 @@ def _functional(
     return lines
 
 
-def _gcov(docs: list[dict[str, Any]], out: Path) -> list[str]:
+def _gcov(docs: list[dict[str, Any]], tests: dict[str, list[str]], out: Path) -> list[str]:
     merged = gcov.merge_json(g for d in docs for g in d.get("gcov", []))
     failures = [f for d in docs for f in d.get("gcov_failures", [])]
     collections = sum(int(d.get("gcov_collections", 0)) for d in docs)
-    tests: dict[str, list[str]] = {}
-    for d in docs:
-        tests.update(d.get("tests", {}))
     (out / "gcov-tests.json").write_text(json.dumps(tests, indent=1, sort_keys=True) + "\n")
     if not merged:
         return ["gcov: no machine ran an instrumented kernel (make coverage-guest; PIIX3_KERNEL=...)"]

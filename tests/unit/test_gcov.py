@@ -102,3 +102,12 @@ def test_a_plain_kernel_has_no_layout(tmp_path: Path) -> None:
     elf.write_bytes(b"not an elf")
     with pytest.raises(gcov.GcovError):
         gcov.GcovLayout.from_elf(elf)
+
+
+def test_a_truncated_elf_is_a_gcov_error(tmp_path: Path) -> None:
+    """A stand-in kernel that is only an ELF magic (tests make such files) must not crash the
+    observer that looks at every machine's kernel."""
+    elf = tmp_path / "kernel.elf"
+    elf.write_bytes(b"\x7fELF")
+    with pytest.raises(gcov.GcovError):
+        gcov.GcovLayout.from_elf(elf)
