@@ -286,6 +286,9 @@ class Runner:
         output)."""
         env = dict(os.environ, PIIX3_KERNEL=str(kernel))
         env.pop("PYTEST_ADDOPTS", None)
+        with self.lock:
+            if self.stopping:
+                return 2, "interrupted"
         proc = subprocess.Popen(
             self.pytest_argv(basetemp, stop_first, nodes),
             cwd=REPO,
@@ -297,6 +300,9 @@ class Runner:
         )
         with self.lock:
             self.groups.add(proc.pid)
+            if self.stopping:  # stop_all ran between the check above and this start
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
         try:
             out, _ = proc.communicate(timeout=self.timeout)
             return proc.returncode, out
@@ -319,8 +325,8 @@ class Runner:
             proc.communicate()
 
     def stop_all(self) -> None:
-        self.stopping = True
         with self.lock:
+            self.stopping = True
             groups = list(self.groups)
         for pgid in groups:
             with contextlib.suppress(ProcessLookupError):
@@ -362,6 +368,8 @@ class Runner:
         unconfirmed: list[str] = []
         for attempt in range(2):
             rc, text = self.run_suite(kernel, base / f"suite{attempt}", stop_first=True)
+            if self.stopping:
+                return "error", "interrupted", ""
             if rc is None:
                 return "timeout", f"the suite ran over {self.timeout:.0f} s", ""
             if rc == 0:
@@ -403,6 +411,11 @@ def _failed_nodes(text: str) -> list[str]:
     return nodes
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM ends the run as Ctrl-C does (the suites under way are ended first)."""
+    raise KeyboardInterrupt
+
+
 def _clock(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
@@ -438,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=REPO / "build" / "mutate" / "report.json")
     parser.add_argument("--workdir", type=Path, default=None, help="keep builds here (default: a temp dir)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
 
     mutants = all_mutants()
     if args.list:
@@ -503,16 +517,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 outcomes.append(Outcome(m.key, m.describe(), "equivalent", detail=equivalent[m.key]))
             else:
                 todo.append(m)
+        pool = ThreadPoolExecutor(max_workers=runner.jobs)
         try:
-            with ThreadPoolExecutor(max_workers=runner.jobs) as pool:
-                futures = [pool.submit(runner.one, m, reference, n) for n, m in enumerate(todo)]
-                for done, fut in enumerate(futures, 1):
-                    o = fut.result()
-                    outcomes.append(o)
-                    print(f"  [{done}/{len(todo)}] {o.status:<10} {o.seconds:6.1f}s  {o.where}", flush=True)
-        except KeyboardInterrupt:
+            futures = [pool.submit(runner.one, m, reference, n) for n, m in enumerate(todo)]
+            for done, fut in enumerate(futures, 1):
+                o = fut.result()
+                outcomes.append(o)
+                print(f"  [{done}/{len(todo)}] {o.status:<10} {o.seconds:6.1f}s  {o.where}", flush=True)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: end the suites under way, start no more
             runner.stop_all()
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
+        finally:
+            pool.shutdown(wait=True)
     elapsed = time.monotonic() - t0
     count = {
         s: sum(o.status == s for o in outcomes) for s in ("killed", "timeout", "survived", "flaky", "error")
@@ -558,4 +575,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        print("mutate: interrupted; the suites under way were ended", file=sys.stderr)
+        raise SystemExit(130) from None
