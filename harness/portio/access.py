@@ -7,24 +7,14 @@ commands) can load this module too.
 
 from __future__ import annotations
 
-import collections
-import itertools
 import logging
-import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any
 
 from harness.errors import HarnessError
 from harness.regs import bits, command_name, decode_error, decode_status
-
-if TYPE_CHECKING:
-    from typing import Self
-
-    from harness.portio.vcd import Waveform
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +41,6 @@ _COM1_REGS = ("Data", "IER", "IIR/FCR", "LCR", "MCR", "LSR", "MSR", "SCR")
 _DEVCTL_BITS = ((0x80, "HOB"), (0x04, "SRST"), (0x02, "nIEN"))
 _BM_CMD_BITS = ((0x01, "START"), (0x08, "READ"))
 _BM_STATUS_BITS = ((0x01, "ACTIVE"), (0x02, "ERR"), (0x04, "INTR"), (0x20, "DRV0-DMA"), (0x40, "DRV1-DMA"))
-
-
-RECENT_RECORDERS = 16  # recorders Recorder.made_since can still return
 
 
 class PortError(HarnessError):
@@ -255,58 +242,3 @@ class PortMap:
 def in_ranges(port: int, ranges: Sequence[tuple[int, int]]) -> bool:
     """port lies in one of the inclusive (lo, hi) ranges."""
     return any(lo <= port <= hi for lo, hi in ranges)
-
-
-class Recorder:
-    """What the driver-side watch and the device-side trace share: `events` (PortAccess) once
-    closed, and `with` ending in close(); a close() failing while another exception is on its
-    way is logged, not raised over it. `to_vcd(path)` draws the events as a waveform.
-
-    Every recorder made in this process is numbered (`serial`), and the last RECENT_RECORDERS
-    are kept, so a test's recorders can be found afterwards, even one a helper made and
-    dropped: `mark = Recorder.mark()` before, then `Recorder.made_since(mark)` (the pytest
-    plugin writes their VCDs when a test fails). A kept recorder keeps its machine's Python
-    objects, nothing more: a closed machine's processes, files and guest RAM are gone."""
-
-    events: list[PortAccess]
-    serial: int
-    _made: ClassVar[Iterator[int]] = itertools.count(1)
-    _last: ClassVar[int] = 0
-    _recent: ClassVar[collections.deque[Recorder]] = collections.deque(maxlen=RECENT_RECORDERS)
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
-        self = super().__new__(cls)
-        self.serial = Recorder._last = next(Recorder._made)
-        Recorder._recent.append(self)
-        return self
-
-    @staticmethod
-    def mark() -> int:
-        """The serial of the last recorder made so far (0 before any)."""
-        return Recorder._last
-
-    @staticmethod
-    def made_since(mark: int) -> list[Recorder]:
-        """The recorders made after mark() returned `mark`, oldest first (at most the last
-        RECENT_RECORDERS of the process)."""
-        return [r for r in Recorder._recent if r.serial > mark]
-
-    def to_vcd(self, path: str | os.PathLike[str], *, gtkw: bool = True) -> Waveform:
-        """Write `events` as a VCD file at path and a GTKWave save file beside it (.gtkw); see
-        harness.portio.vcd for the signals and the time base. PortError if nothing to draw."""
-        from harness.portio.vcd import write_vcd  # pyvcd: not needed by GDB's Python
-
-        return write_vcd(self.events, Path(path), title=type(self).__name__, gtkw=gtkw)
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        try:
-            self.close()
-        except HarnessError:
-            if exc is None:
-                raise
-            log.warning("could not end %s cleanly during an exception", type(self).__name__, exc_info=True)

@@ -33,9 +33,9 @@ from harness.portio.access import (
     PortAccess,
     PortError,
     PortMap,
-    Recorder,
 )
 from harness.portio.compare import normalize
+from harness.portio.recorder import Recorder
 from harness.regs import command_name
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from vcd import VCDWriter
 from vcd.gtkw import GTKWSave
@@ -42,9 +42,6 @@ from vcd.writer import Variable
 
 from harness.portio.access import CHANNELS, PortAccess, PortError
 from harness.regs import command_name
-
-if TYPE_CHECKING:
-    from harness.portio.access import Recorder
 
 TIME_DEVICE = "qemu-timestamps"
 TIME_COUNTER = "event-counter"
@@ -93,10 +90,8 @@ _CHANNEL_SIGNALS = (
 )
 _BITS = {"BSY", "DRDY", "DRQ", "ERR", "START", "ACTIVE"}
 _STRINGS = {"command_name"}
-MAX_ARTIFACT_EVENTS = 200_000  # per recorder in write_recorders: ~10 MB of VCD
 GTKW_SIZE = (1400, 900)  # GTKWave window, pixels
 GTKW_WAVE_PIXELS = 800  # of it, the wave pane's width to fit the record into
-_RECORDER_NAMES = {"PortWatch": "ports", "DeviceTrace": "device"}
 
 
 @dataclass(frozen=True)
@@ -370,35 +365,6 @@ def with_driver_markers(device: Sequence[PortAccess], driver: Sequence[PortAcces
     return out
 
 
-def recorder_file_stem(recorder: Recorder) -> str:
-    """'03-ports' for the third recorder made (a PortWatch), '04-device' (a DeviceTrace)."""
-    kind = type(recorder).__name__
-    return f"{recorder.serial:02d}-{_RECORDER_NAMES.get(kind, kind.lower())}"
-
-
-def write_recorders(
-    recorders: Iterable[Recorder], directory: str | Path, max_events: int = MAX_ARTIFACT_EVENTS
-) -> list[Path]:
-    """Each recorder's events as directory/NN-ports.vcd or NN-device.vcd (and .gtkw beside
-    it), at most the last max_events of each (a failure is usually at the end; the file
-    says so); recorders with nothing to draw are left out. The VCD paths written. PortError
-    if a file cannot be written."""
-    directory = Path(directory)
-    written: list[Path] = []
-    for recorder in recorders:
-        events = recorder.events
-        first = max(0, len(events) - max_events)
-        tail = events[first:]
-        if not any(_signal(e) for e in tail):
-            continue
-        directory.mkdir(parents=True, exist_ok=True)
-        note = f"only accesses {first}..{len(events) - 1} of {len(events)}: the record's end" if first else ""
-        wave = write_vcd(
-            tail,
-            directory / f"{recorder_file_stem(recorder)}.vcd",
-            title=type(recorder).__name__,
-            note=note,
-            first=first,
-        )
-        written.append(wave.vcd)
-    return written
+def drawable(access: PortAccess) -> bool:
+    """The access has a signal in a waveform (task file, status, bus master, data)."""
+    return _signal(access) is not None

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from harness.errors import GdbError, HarnessError
 from harness.gdbmi import mi_quote
-from harness.portio.access import BMIBA_DEFAULT, PortAccess, PortError, PortMap, Recorder
+from harness.portio.access import BMIBA_DEFAULT, PortAccess, PortError, PortMap
 from harness.portio.compare import normalize
+from harness.portio.recorder import Recorder
 
 if TYPE_CHECKING:
     from harness.gdbmi import GdbMi

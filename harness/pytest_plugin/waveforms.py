@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.portio.access import Recorder
 from harness.portio.devtrace import DeviceTrace
-from harness.portio.vcd import recorder_file_stem, write_recorders
+from harness.portio.recorder import Recorder, recorder_file_stem, write_recorders
 from harness.portio.watch import PortWatch
 from harness.pytest_plugin import protocol
 

@@ -14,8 +14,8 @@ from vcdvcd import VCDVCD  # type: ignore[import-untyped]
 
 from harness import cli
 from harness.disk import DiskImage
-from harness.portio.access import Recorder
-from harness.portio.vcd import TIME_COUNTER, TIME_DEVICE, write_recorders
+from harness.portio.recorder import Recorder, write_recorders
+from harness.portio.vcd import TIME_COUNTER, TIME_DEVICE
 from harness.pytest_plugin import MachineFactory
 
 pytestmark = pytest.mark.qemu

@@ -24,16 +24,15 @@ from vcd.reader import TokenKind, tokenize
 from vcdvcd import VCDVCD  # type: ignore[import-untyped]
 
 from harness import cli
-from harness.portio.access import RECENT_RECORDERS, PortAccess, PortError, PortMap, Recorder
+from harness.portio.access import PortAccess, PortError, PortMap
 from harness.portio.devtrace import DeviceTrace, parse_trace
+from harness.portio.recorder import RECENT_RECORDERS, Recorder, recorder_file_stem, write_recorders
 from harness.portio.vcd import (
     TIME_COUNTER,
     TIME_DEVICE,
     gtkwave_name,
-    recorder_file_stem,
     timeline,
     with_driver_markers,
-    write_recorders,
     write_vcd,
 )
 from harness.portio.watch import PortWatch, events_from_agent
