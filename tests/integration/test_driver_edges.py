@@ -124,29 +124,31 @@ def test_dma_into_buffers_not_aligned_to_64_kib(machine: Machine) -> None:
     assert io.events == []
 
 
+@pytest.mark.parametrize("drive", [0, 3], ids=["primary-master", "secondary-slave"])
 def test_a_dma_timeout_then_a_command_that_is_no_dma(
-    machine_factory: MachineFactory, disk: DiskImage
+    machine_factory: MachineFactory, tmp_path: Path, drive: int
 ) -> None:
     """After a DMA timeout the engine is left running; the next command on the channel, here a
-    FLUSH CACHE and a PIO read with no reset in between, stops it first: a driver that forgot
-    would write them with START set (PIIX3-BM-3)."""
-    m = machine_factory(disks=[disk], faults={0: []})
+    FLUSH CACHE and a PIO read with no reset in between, stops it first: a driver that forgot,
+    or kept the note of it for the wrong channel, would write them with START set
+    (PIIX3-BM-3)."""
+    disk = DiskImage.create(tmp_path / "d.img", size_mib=4)
+    m = machine_factory(disks={drive: disk}, faults={drive: []})
+    bm_command = ("primary", "secondary")[drive // 2] + " BM Command"
     default = m.ata.timeout_ms
     with m.device_trace() as dev:
-        m.hold_io(0, "read")
+        m.hold_io(drive, "read")
         m.ata.timeout_ms = HELD_TIMEOUT_MS
         with pytest.raises(AtaError) as e:
-            m.ata.read(0, 5, 1, mode="dma")
+            m.ata.read(drive, 5, 1, mode="dma")
         m.ata.timeout_ms = default
         assert e.value.code is AtaCode.TIMEOUT
-        m.ata.flush(0)
-        assert m.ata.read(0, 5, 1, mode="pio") == bytes(SECTOR)
+        m.ata.flush(drive)
+        assert m.ata.read(drive, 5, 1, mode="pio") == bytes(SECTOR)
     found = check(dev.events, port_map=m.ports.port_map(), hardware_resets=hardware_resets(dev.actions))
     assert found == [], render_text(found)
-    starts = [
-        i for i, e in enumerate(dev.events) if e.register == "primary BM Command" and (e.value or 0) & 1
-    ]
-    stops = [i for i, e in enumerate(dev.events) if e.register == "primary BM Command" and e.value == 0]
+    starts = [i for i, e in enumerate(dev.events) if e.register == bm_command and (e.value or 0) & 1]
+    stops = [i for i, e in enumerate(dev.events) if e.register == bm_command and e.value == 0]
     assert starts and any(i > starts[-1] for i in stops), "START was never cleared after the timeout"
 
 
