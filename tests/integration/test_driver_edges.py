@@ -178,14 +178,18 @@ def test_detection_leaves_a_clean_record_and_a_quiet_log(
 def test_ide_decode_is_turned_on_when_off(machine: Machine) -> None:
     """Both firmwares (and QEMU's reset) leave IDE decode enabled in IDETIM; a firmware that did
     not would leave the channels off on a real PIIX3. With both bits cleared, ata_init() turns
-    them on again (QEMU decodes the ports regardless: the register shows what the driver did)."""
+    them on again (QEMU decodes the ports regardless: the register shows what the driver did),
+    and leaves the PCI command register, which it set up at boot, alone."""
     m = machine
     bdf = m.evaluate_int("piix3_bdf")
     for reg in IDETIM:
         m.call("pci_write16", bdf, reg, 0)
     timing = m.call("harness_pci_read32", bdf, IDETIM[0])
     assert timing == 0, f"{timing:#x}"
+    enabled = m.serial_text().count("pci: enabled I/O and bus mastering")
     assert m.call("ata_init") == 0
+    # I/O and bus mastering are on since boot (both firmwares leave mastering off): not again
+    assert m.serial_text().count("pci: enabled I/O and bus mastering") == enabled
     timing = m.call("harness_pci_read32", bdf, IDETIM[0])
     assert timing is not None and timing & IDETIM_DECODE and timing >> 16 & IDETIM_DECODE, f"{timing:#x}"
     assert m.ata.read(0, 0, 1) == bytes(SECTOR)
@@ -193,9 +197,10 @@ def test_ide_decode_is_turned_on_when_off(machine: Machine) -> None:
 
 def test_calls_straight_into_the_driver_are_checked_by_it(machine: Machine) -> None:
     """The driver's own argument checks, called as any C caller would (the harness's checks out
-    of the way): drive numbers just outside 0..3, a count one past 65536, a buffer that ends
-    one sector past the end of RAM (and one that ends exactly there), and the command each
-    refused call names in the record. Also the documented default bound on every wait."""
+        of the way): drive numbers just outside 0..3, a count one past 65536, a buffer that ends
+        one sector past the end of RAM (and one that ends exactly there), and the command each
+        refused call names in the record. Also the documented default bound on every wait, and what
+    the driver leaves alone when the firmware has set the PIIX3 up."""
     m = machine
     assert m.ata.timeout_ms == 2000
     xfer = m.symbol("xfer_buf")

@@ -364,7 +364,8 @@ class Runner:
     def judge(self, kernel: Path, base: Path) -> tuple[str, str, str]:
         """Run the suite against a mutant: (status, detail, output kept). A failure counts once
         the failing test fails again when run alone; one that does not is run for again, and
-        a second such is "flaky" (the suite has a test that fails now and then by itself)."""
+        a second such is "flaky" (the suite has a test that fails now and then by itself). A run
+        that pytest itself did not finish is run again once."""
         unconfirmed: list[str] = []
         for attempt in range(2):
             rc, text = self.run_suite(kernel, base / f"suite{attempt}", stop_first=True)
@@ -375,8 +376,11 @@ class Runner:
             if rc == 0:
                 why = f"; not reproduced alone: {', '.join(unconfirmed)}" if unconfirmed else ""
                 return "survived", why.lstrip("; "), ""
-            if rc != 1:
-                return "error", f"pytest exit status {rc}: {text.strip()[-400:]}", ""
+            if rc != 1:  # not a test failure: pytest itself stopped (a signal, an internal error)
+                if attempt == 0:
+                    unconfirmed.append(f"(pytest exit status {rc})")
+                    continue
+                return "error", f"pytest exit status {rc} twice: {text.strip()[-400:]}", ""
             failed = _failed_nodes(text)
             if not failed:
                 return "killed", _failure(text), text[-OUTPUT_KEPT:]
