@@ -253,6 +253,7 @@ class Machine:
         """Boot to the park point; on any failure everything started is torn down."""
         if self.rundir is not None:
             raise UsageError("this machine is already started; close() it first, or use another Machine")
+        procs.ignore_sigpipe()  # a GDB or QEMU that dies must become an error, not kill us
         for disk in self.config.disks.values():
             disk.validate()  # before any process starts
         if self._artifacts_arg is not None:

@@ -95,6 +95,21 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def ignore_sigpipe() -> None:
+    """Put SIGPIPE back to Python's own setting (ignored), if something set it to the default.
+
+    The harness writes to pipes and sockets whose far end can die (GDB's stdin, QMP, a console
+    FIFO); with SIGPIPE ignored such a write fails with BrokenPipeError, which becomes a typed
+    error. With the default action the process would die at once and without a word. Libraries
+    do reset it on import (vcdvcd, for one, sets SIG_DFL), so this runs at every start.
+    Only the main thread may change a signal's handling; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGPIPE) == signal.SIG_DFL:
+        log.warning("SIGPIPE was set to kill the process (by an imported library?); ignoring it again")
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM until the block ends, then deliver them: for teardown, which

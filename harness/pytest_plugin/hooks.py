@@ -87,6 +87,12 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # test modules are imported by now; one may have set SIGPIPE to kill the process (vcdvcd
+    # does), which turned a dead GDB's broken pipe into a worker that vanished without a word
+    procs.ignore_sigpipe()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     """After the test body: the protocol check of every machine it used (see protocol.py)."""

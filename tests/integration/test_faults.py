@@ -176,6 +176,34 @@ def test_gdb_killed_is_a_gdb_error_and_qemu_is_reaped(disk: DiskImage, tmp_path:
     assert not procs.pid_alive(qemu_pid) and not procs.pid_alive(gdb_pid)
 
 
+SIGPIPE_CHILD = """
+import os, signal, sys, time
+from harness import DiskImage, GdbError, Machine
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)   # what importing vcdvcd does
+with Machine(disks=[DiskImage(sys.argv[1])]) as m:
+    os.kill(m.gdb.pid, signal.SIGKILL)   # behind the harness's back
+    time.sleep(0.5)   # gone: the next call writes into a pipe nobody reads
+    try:
+        m.ata.read(0, 0, 1)
+    except GdbError:
+        print("a typed error", flush=True)
+"""
+
+
+def test_a_dead_gdb_is_an_error_even_if_a_library_reset_sigpipe(disk: DiskImage) -> None:
+    """With SIGPIPE at its default action, writing to a dead GDB's stdin killed the whole
+    Python without a word (seen as xdist workers that vanished); the harness ignores it again."""
+    done = subprocess.run(
+        [sys.executable, "-c", SIGPIPE_CHILD, str(disk.path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"exit status {done.returncode}: {done.stderr[-2000:]}"
+    assert "a typed error" in done.stdout
+
+
 CHILD = """
 import sys
 from harness import DiskImage, Machine

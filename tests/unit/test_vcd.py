@@ -405,3 +405,9 @@ def test_trace_vcd_bad_paths(
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("piix3 trace: --vcd") and message in err, err
     assert not image.exists()  # checked before the image is created
+
+
+def test_importing_vcdvcd_does_not_leave_sigpipe_deadly() -> None:
+    """vcdvcd sets SIGPIPE to its default action on import (this module imports it); the
+    plugin puts it back after collection, or a write to a dead GDB kills the pytest worker."""
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
