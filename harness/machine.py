@@ -593,12 +593,15 @@ class Machine:
             agent, ranges, str(port) if not isinstance(port, int) else f"{port:#x}", direction, value
         )
 
-    def device_trace(self, patterns: Sequence[str] | None = None, *, data: bool = True) -> DeviceTrace:
+    def device_trace(
+        self, patterns: Sequence[str] | None = None, *, data: bool = True, fold: int | None = None
+    ) -> DeviceTrace:
         """`with m.device_trace() as dev:` records what QEMU's IDE/bus-master emulation saw
         (its ide_*/bmdma_* trace events) while active; `dev.events` are PortAccess events.
         data=False leaves out the data-port words (one event per word in QEMU: bulk PIO makes
-        huge records)."""
+        huge records). fold=N keeps the first N reads of a status poll and folds the rest into
+        one event with `repeat` set (a long DMA is polled hundreds of thousands of times)."""
         from harness.portio.devtrace import DATA_EVENTS, TRACE_PATTERNS, DeviceTrace
 
         exclude = () if data else DATA_EVENTS
-        return DeviceTrace(self.target, self.ports.port_map, patterns or TRACE_PATTERNS, exclude)
+        return DeviceTrace(self.target, self.ports.port_map, patterns or TRACE_PATTERNS, exclude, fold)

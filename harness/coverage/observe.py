@@ -253,7 +253,7 @@ class _Machine:
                     lines.append(raw.decode(errors="replace"))
         if self._port_map is None:
             self._port_map = PortMap()
-        return parse_trace(lines, self._port_map).events
+        return parse_trace(lines, self._port_map, fold=1).events  # only writes are sampled
 
     def _drive_sectors(self, t: Target) -> dict[int, int]:
         for drive, disk in t.config.disks.items():

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
 from harness.portio.access import (
@@ -126,16 +126,51 @@ def _stamp_us(m: re.Match[str]) -> float | None:
     return float(int(sec) * 1_000_000) + int(frac) / 10.0 ** (len(frac) - 6)
 
 
-def parse_trace(lines: Iterable[str], port_map: PortMap | None = None) -> DeviceRecord:
+def parse_trace(
+    lines: Iterable[str], port_map: PortMap | None = None, fold: int | None = None
+) -> DeviceRecord:
     """Parse QEMU log-backend trace lines (ide_*, bmdma_*) into a DeviceRecord. Lines stamped
     by `-msg timestamp=on` give each access its time (PortAccess.time_us); unstamped lines
-    give None."""
+    give None.
+
+    fold=N: a run of identical consecutive reads (a status poll: the same line but for its
+    stamp) keeps its first N reads as events of their own and becomes one more event for the
+    rest, with `repeat` set to how many it stands for and the time of the run's last read.
+    What a poll saw, when it began and when it ended, and how many accesses it made are all
+    kept; a driver polling through a long DMA otherwise makes hundreds of thousands of events."""
+    if fold is not None and fold < 1:
+        raise ValueError(f"fold must be at least 1, not {fold}")
     pmap = port_map or PortMap()
     rec = DeviceRecord()
-    # First pass: (direction, port or bus-master offset, width, value, is bus master, time) per access.
-    raw: list[tuple[str, int, int, int, bool, float | None]] = []
+    # First pass, per access: [direction, port or bus-master offset, width, value, is bus
+    # master, time, repeat].
+    raw: list[list[Any]] = []
+    poll = None  # the text of the read that began the run under way (None: no run)
+    run = 0  # reads in that run
+    tail = ""  # the last line folded into raw[-1]: its stamp becomes the folded event's
+
+    def end_run() -> None:
+        nonlocal tail
+        if tail:
+            m = _PREFIX.match(tail)
+            raw[-1][5] = _stamp_us(m) if m else None
+            tail = ""
+
     for line in lines:
         line = line.rstrip("\n")
+        if fold is not None:
+            body = line[line.find(":") + 1 :] if line[:1].isdigit() else line
+            if body == poll:
+                run += 1
+                if run > fold:
+                    if not tail:  # the first read past the kept ones: the folded event
+                        raw.append([*raw[-1][:6], 0])
+                    raw[-1][6] += 1
+                    tail = line
+                    continue
+            else:
+                end_run()
+                poll, run = None, 0
         if not line.strip():
             continue
         m = _PREFIX.match(line)
@@ -153,27 +188,32 @@ def parse_trace(lines: Iterable[str], port_map: PortMap | None = None) -> Device
                 continue
             direction = "in" if p.group("rw") == "rd" else "out"
             port, val = int(p.group("port"), 16), int(p.group("val"), 16)
-            raw.append((direction, port, _PIO_EVENTS[event], val, False, stamp))
+            raw.append([direction, port, _PIO_EVENTS[event], val, False, stamp, 1])
         elif event in ("bmdma_read", "bmdma_write"):
             b = _BMDMA.match(text)
             if not b:
                 rec.unparsed.append(line)
                 continue
             direction = "in" if b.group("rw") == "read" else "out"
-            raw.append((direction, int(b.group("off"), 16) & 3, 1, int(b.group("val"), 16), True, stamp))
+            raw.append([direction, int(b.group("off"), 16) & 3, 1, int(b.group("val"), 16), True, stamp, 1])
         elif event in ("bmdma_addr_read", "bmdma_addr_write"):
             a = _BMDMA_ADDR.match(text)
             if not a:
                 rec.unparsed.append(line)
                 continue
             direction = "in" if event.endswith("read") else "out"
-            raw.append((direction, 4, 4, int(a.group("val"), 16) & 0xFFFFFFFF, True, stamp))
+            raw.append([direction, 4, 4, int(a.group("val"), 16) & 0xFFFFFFFF, True, stamp, 1])
         elif event.startswith(("ide_", "bmdma_")):
             rec.actions.append(DeviceAction(event, text.strip(), len(raw)))
+            continue
         else:
             rec.unparsed.append(line)
+            continue
+        if fold is not None and poll is None and raw[-1][0] == "in":
+            poll, run = line[line.find(":") + 1 :] if line[:1].isdigit() else line, 1
+    end_run()
     # Second pass: bus-master accesses take the channel of the next IDE access, else the previous.
-    channels: list[int | None] = [None if is_bm else _channel_of(port) for _, port, _, _, is_bm, _ in raw]
+    channels: list[int | None] = [None if r[4] else _channel_of(r[1]) for r in raw]
     following: list[int | None] = [None] * len(raw)
     nxt: int | None = None
     for i in range(len(raw) - 1, -1, -1):
@@ -181,7 +221,7 @@ def parse_trace(lines: Iterable[str], port_map: PortMap | None = None) -> Device
         if channels[i] is not None:
             nxt = channels[i]
     prev: int | None = None
-    for i, (direction, port, width, value, is_bm, stamp) in enumerate(raw):
+    for i, (direction, port, width, value, is_bm, stamp, repeat) in enumerate(raw):
         if is_bm:
             channel = following[i]
             if channel is None:
@@ -189,7 +229,8 @@ def parse_trace(lines: Iterable[str], port_map: PortMap | None = None) -> Device
             port = pmap.bm_base + BM_CHANNEL_STRIDE * channel + port
         else:
             prev = channels[i] if channels[i] is not None else prev
-        rec.events.append(pmap.access(direction, port, width, value, source="device", time_us=stamp))
+        ev = pmap.access(direction, port, width, value, source="device", time_us=stamp)
+        rec.events.append(ev if repeat == 1 else dataclasses.replace(ev, repeat=repeat))
     return rec
 
 
@@ -207,8 +248,10 @@ class DeviceTrace(Recorder):
         port_map: Callable[[], PortMap],
         patterns: Sequence[str] = TRACE_PATTERNS,
         exclude: Sequence[str] = (),
+        fold: int | None = None,
     ) -> None:
         self._m = target
+        self.fold = fold  # status polls folded (parse_trace's fold): None keeps every read
         self._port_map = port_map
         self.patterns = tuple(patterns)
         self.exclude = tuple(exclude)  # events left off (e.g. DATA_EVENTS), though patterns match them
@@ -295,7 +338,7 @@ class DeviceTrace(Recorder):
         for number, lines in enumerate(segments):
             if number:
                 self.resets.append(len(self.events))
-            rec = parse_trace(lines, pmap)
+            rec = parse_trace(lines, pmap, self.fold)
             base = len(self.events)
             self.lines += lines
             self.events += rec.events

@@ -22,6 +22,10 @@ from harness.portio.devtrace import DeviceTrace
 TRACES = pytest.StashKey[list[tuple[Machine, DeviceTrace]]]()  # per test: machine, its trace
 OPENED = pytest.StashKey[set[int]]()  # per test: the serials of the traces opened here (waveforms.py)
 MARKER = "piix3_protocol"
+# Reads of one status poll kept as events of their own; the rest of the poll becomes one event
+# (PortAccess.repeat). No rule looks further into a poll than its first reads, its count and
+# its end (tests/unit/test_protocol.py checks every recorded trace both ways).
+POLL_KEPT = 4
 SHOWN = 5  # violations shown in a failure (all are in the JSON next to the logs)
 
 
@@ -37,7 +41,8 @@ def watch(item: pytest.Item, m: Machine) -> None:
     """Trace m's IDE and bus-master accesses from now until the test body ends."""
     if not enabled(item) or m.qemu is None:
         return
-    trace = m.device_trace(data=False)  # data words: 36 MB of log per MiB of PIO
+    # data words: 36 MB of log per MiB of PIO; a poll's reads past the first POLL_KEPT are folded
+    trace = m.device_trace(data=False, fold=POLL_KEPT)
     trace.__enter__()
     item.stash.setdefault(TRACES, []).append((m, trace))
     item.stash.setdefault(OPENED, set()).add(trace.serial)

@@ -1038,6 +1038,75 @@ def test_altered_real_trace_breaks_the_rule(rule: str, firmware: str, mutate: Mu
     assert rule in _ids(found), render_text(found)
 
 
+# --- folded status polls (what the pytest plugin checks) -----------------------------------------
+def _fold_oracle(events: list[PortAccess], kept: int, actions: tuple[int, ...] = ()) -> list[PortAccess]:
+    """What parse_trace(fold=kept) is meant to give, written the slow way over events: a run of
+    identical reads keeps its first `kept` reads, and one event stands for the rest, stamped
+    with the run's last read. Something the device did in between (an action before event i)
+    ends a run."""
+    out: list[PortAccess] = []
+    run = 0
+    for i, ev in enumerate(events):
+        prev = out[-1] if out else None
+        same = (
+            prev is not None
+            and i not in actions
+            and ev.direction == "in"
+            and (prev.direction, prev.port, prev.width, prev.value, prev.count)
+            == ("in", ev.port, ev.width, ev.value, ev.count)
+        )
+        run = run + 1 if same else 1
+        if same and run > kept + 1:
+            assert prev is not None
+            out[-1] = dataclasses.replace(prev, repeat=prev.repeat + 1, time_us=ev.time_us)
+        else:
+            out.append(ev)
+    return out
+
+
+def _verdicts(found: list[Violation]) -> list[tuple[str, int | None, float | None, str]]:
+    return [(v.rule.id, v.channel, v.time_us, v.detail) for v in found]
+
+
+ALL_TRACES = [*STAMPED_TRACES, "qemu-trace-ops.log", "qemu-trace-qboot-errors.log.gz"]
+
+
+@pytest.mark.parametrize("kept", [1, 4])
+@pytest.mark.parametrize("name", ALL_TRACES)
+def test_folding_polls_changes_no_verdict_on_a_real_trace(name: str, kept: int) -> None:
+    """parse_trace(fold=N) is the oracle's fold of the full record, read for read; and the
+    checker says the same of both, strict timing included (the errors record has violations)."""
+    full = _record(name)
+    folded = parse_trace(_lines(name), fold=kept)
+    assert folded.events == _fold_oracle(full.events, kept, tuple(a.index for a in full.actions))
+    assert sum(e.repeat for e in folded.events) == len(full.events)
+    assert len(folded.events) < len(full.events)  # every record here polls somewhere
+    for strict in (False, True):
+        assert _verdicts(_check_record(folded, strict_timing=strict)) == _verdicts(
+            _check_record(full, strict_timing=strict)
+        ), name
+
+
+@pytest.mark.parametrize("kept", [1, 4])
+@pytest.mark.parametrize(
+    ("rule", "firmware", "mutate", "title"), MUTATIONS, ids=[f"{m[0]} {m[3]}" for m in MUTATIONS]
+)
+def test_folding_polls_keeps_every_seeded_violation(
+    rule: str, firmware: str, mutate: Mutation, title: str, kept: int
+) -> None:
+    rec = _record(f"qemu-trace-{firmware}-ops.log.gz")
+    events = mutate(list(rec.events))
+    resets = hardware_resets(rec.actions)
+    full = check(events, hardware_resets=resets)
+    assert rule in _ids(check(_fold_oracle(events, kept), hardware_resets=resets))
+    assert _ids(check(_fold_oracle(events, kept), hardware_resets=resets)) == _ids(full)
+
+
+def test_fold_must_keep_a_read() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        parse_trace([], fold=0)
+
+
 # --- rendering ------------------------------------------------------------------------------------
 def test_violation_line_and_json() -> None:
     rec = Rec().srst(held=2.0)
