@@ -12,6 +12,7 @@ uint8_t *const harness_xfer_buf = (uint8_t *)XFER_BUF_ADDR;
 const uint32_t harness_xfer_size = XFER_BUF_SIZE;
 int harness_init_status;		/* ata_init's result */
 struct harness_request harness_request;
+struct harness_doorbell harness_doorbell;
 
 /* The park point: the harness breaks here and makes every call from this stopped state.
    A page of its own, so the breakpoint on it makes QEMU single-step nothing else. */
@@ -20,10 +21,9 @@ __attribute__((noinline, section(".text.park"))) void harness_ready(void)
 	__asm__ volatile("" ::: "memory");
 }
 
-/* Run the posted request, if any; kmain's park loop calls this after each harness_ready. */
-void harness_dispatch(void)
+/* Run the posted request; the mailbox's op goes back to HARNESS_OP_NONE last. */
+static void dispatch(struct harness_request *r)
 {
-	struct harness_request *r = &harness_request;
 	void *buf = (void *)(uintptr_t)r->buf;
 	int rc;
 	switch (r->op) {
@@ -65,13 +65,43 @@ void harness_dispatch(void)
 	}
 	r->result = rc;
 	r->seq++;
-	r->op = HARNESS_OP_NONE;
+	/* op last: a harness that sees it cleared must see the result and seq too (x86 keeps
+	   stores in order; the barrier keeps the compiler from moving them past it) */
+	__asm__ volatile("" ::: "memory");
+	*(volatile uint32_t *)&r->op = HARNESS_OP_NONE;
 	/* QEMU waits for every block request whenever the VM stops: a request the harness holds
 	   in the block layer (hold_io) must be let go while the guest still runs, here. */
 	uint64_t deadline = deadline_after_us(LINGER_MAX_US);
 	while (*(volatile uint32_t *)&r->linger && !deadline_passed(deadline))
 		__asm__ volatile("pause");
 	r->linger = 0;
+}
+
+/* kmain's park loop calls this after each harness_ready: run the posted request, if any, then
+   take the next ones through the doorbell (harness.h) while they come within idle_us of each
+   other; then mark the guest parking and return to harness_ready. Never unbounded: idle_us is
+   re-read on every round, so the harness can end the wait at once by setting it to 0.
+   Memory order: the harness writes the request's fields, then op; this loop reads op, then
+   (after the compiler barrier) the fields. x86 stores become visible in program order and
+   loads are not reordered with older loads, so that is enough; no fence is needed. */
+void harness_dispatch(void)
+{
+	volatile struct harness_request *r = &harness_request;
+	volatile struct harness_doorbell *d = &harness_doorbell;
+	uint64_t last = rdtsc();
+	for (;;) {
+		if (r->op != HARNESS_OP_NONE) {
+			__asm__ volatile("" ::: "memory");	/* op before the fields */
+			dispatch(&harness_request);
+			last = rdtsc();
+			continue;
+		}
+		uint64_t idle = (uint64_t)d->idle_us * tsc_per_ms / 1000;
+		if (rdtsc() - last >= idle)
+			break;
+		__asm__ volatile("pause");
+	}
+	d->parking = 1;
 }
 
 /* Port access for humans in GDB (gdbinit's ata-status, pci-ide): GDB cannot execute in/out. */

@@ -39,7 +39,20 @@ struct harness_request {
 	uint32_t reserved;
 };
 
+/* The doorbell: how a running guest takes requests without GDB. After a request (or when
+   continued with none), harness_dispatch polls harness_request.op for the next one until
+   `idle_us` pass with none, then returns to the park point. The harness fills every field
+   but `op`, then `op` (the doorbell), and waits for `op` to go back to HARNESS_OP_NONE, which
+   the dispatcher writes last. Fixed layout (read as raw memory). */
+struct harness_doorbell {
+	uint32_t idle_us;	/* the harness's: poll this long for a next request; 0: park now */
+	uint32_t parking;	/* the guest's: set just before it parks; the harness clears it
+				   before it continues the guest */
+	uint32_t reserved[2];
+};
+
 extern struct harness_request harness_request;
+extern struct harness_doorbell harness_doorbell;
 extern uint8_t *const harness_xfer_buf;
 extern const uint32_t harness_xfer_size;
 extern int harness_init_status;

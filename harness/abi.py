@@ -8,6 +8,7 @@ before a single byte is misread. Number names (result codes, register bits) live
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,7 +73,32 @@ class Mailbox(Record):
         return self.op == Op.NONE and self.seq == (seq + 1) & U32
 
 
-LINGER_OFFSET = Mailbox.STRUCT.size - 8  # `linger`, then `reserved`, end the struct
+def offset_of(record: type[Record], name: str) -> int:
+    """A field's byte offset in its C struct: the records' formats are little-endian with
+    standard sizes (no padding) and one format character per field, in field order."""
+    names = [f.name for f in dataclasses.fields(record)]  # type: ignore[arg-type]
+    return struct.calcsize("<" + record.STRUCT.format.lstrip("<")[: names.index(name)])
+
+
+LINGER_OFFSET = offset_of(Mailbox, "linger")
+OP_OFFSET = offset_of(Mailbox, "op")  # the doorbell: written after every other field
+SEQ_OFFSET = offset_of(Mailbox, "seq")
+
+
+@dataclass(frozen=True)
+class Doorbell(Record):
+    """struct harness_doorbell in guest/harness.h: how the running guest polls the mailbox."""
+
+    idle_us: int  # the harness's: how long the guest polls for a next request before parking
+    parking: int  # the guest's: set just before it parks; the harness clears it to continue
+    reserved0: int
+    reserved1: int
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIII")
+
+
+IDLE_US_OFFSET = offset_of(Doorbell, "idle_us")
+PARKING_OFFSET = offset_of(Doorbell, "parking")
 
 
 @dataclass(frozen=True)
@@ -143,6 +169,7 @@ BENCH_MAX_ITERATIONS = 0x7FFFFFFF
 # symbol -> (its record's size here, the header that defines it)
 LAYOUTS: dict[str, tuple[int, str]] = {
     "harness_request": (Mailbox.STRUCT.size, "guest/harness.h"),
+    "harness_doorbell": (Doorbell.STRUCT.size, "guest/harness.h"),
     "ata_last_error": (ErrorRecord.STRUCT.size, "guest/ata.h"),
     "bench_result": (BenchRecord.STRUCT.size, "guest/bench.h"),
 }

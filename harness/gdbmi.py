@@ -88,6 +88,9 @@ class GdbMi:
         self._lines: collections.deque[str] = collections.deque()  # read, not yet parsed
         self._t0 = time.monotonic()
         self._killed = ""  # why the harness killed GDB, once it has
+        # called before every command: a target whose guest runs on the doorbell stops it first
+        # (GDB refuses most commands while the target runs)
+        self.before_command: Callable[[], None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------
     def spawn(self) -> None:
@@ -237,16 +240,35 @@ class GdbMi:
                 raise HarnessTimeout(f"GDB gave no {what} within {timeout:g} s", artifacts=self.artifacts)
             if not self._lines:
                 self._lines.extend(self._read_lines(min(remaining, POLL_SLICE) if alive else remaining))
-            while self._lines:
-                rec = MiRecord.parse(self._lines.popleft())
-                if until(rec):
-                    return rec, console  # lines after it stay queued for the next reader
-                if rec.kind in ("console", "log", "target") and isinstance(rec.payload, str):
-                    console.append(rec.payload)
-                elif rec.kind == "notify" or (rec.kind == "result" and rec.token is None):
-                    self._async.append(rec)
+            found = self._take(until, console)
+            if found is not None:
+                return found, console
             if alive is not None:
                 alive()
+
+    def _take(self, until: Callable[[MiRecord], bool], console: list[str]) -> MiRecord | None:
+        """Parse the lines read so far up to the first record `until` accepts (the lines after
+        it stay queued for the next reader); others are queued (async) or collected."""
+        while self._lines:
+            rec = MiRecord.parse(self._lines.popleft())
+            if until(rec):
+                return rec
+            if rec.kind in ("console", "log", "target") and isinstance(rec.payload, str):
+                console.append(rec.payload)
+            elif rec.kind == "notify" or (rec.kind == "result" and rec.token is None):
+                self._async.append(rec)
+        return None
+
+    def poll_async(self, match: Callable[[MiRecord], bool]) -> MiRecord | None:
+        """An async record match accepts that has already arrived, without waiting (None if
+        none has); GdbError if GDB has closed its output."""
+        for rec in self._async:
+            if match(rec):
+                self._async.remove(rec)
+                return rec
+        if not self._lines:
+            self._lines.extend(self._read_lines(0.0))
+        return self._take(match, [])
 
     def command(
         self,
@@ -260,6 +282,8 @@ class GdbMi:
         With interrupt_on_timeout, a command still running at the deadline (a guest call that
         never returns) is interrupted with SIGINT; GDB unwinds the call and we raise HarnessTimeout.
         """
+        if self.before_command is not None:
+            self.before_command()
         self._token += 1
         token = self._token
         self._send(f"{token}{cmd}", timeout)

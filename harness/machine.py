@@ -40,7 +40,7 @@ from harness.powerloss import (
 from harness.qemu import QEMU_BINARY, QemuConfig, QemuPaths, QemuProcess
 from harness.stops import Stop
 from harness.target import PARK_SYMBOL, Target
-from harness.transport import Mailboxes
+from harness.transport import TRANSPORTS, Mailboxes
 
 if TYPE_CHECKING:
     from harness.portio.devtrace import DeviceTrace
@@ -117,6 +117,7 @@ class Machine:
         call_timeout: float = CALL_TIMEOUT,
         boot_timeout: float = BOOT_TIMEOUT,
         data_path: str = "shm",
+        transport: str | None = None,
         gdb: str = "gdb",
         qemu: str = QEMU_BINARY,
         extra_qemu_args: Sequence[str] = (),
@@ -126,6 +127,12 @@ class Machine:
     ) -> None:
         if not isinstance(data_path, str) or data_path not in DATA_PATHS:
             raise ConfigError(f"unknown data_path {data_path!r:.40}; use one of {', '.join(DATA_PATHS)}")
+        if transport is None:  # the doorbell lives in shared RAM
+            transport = "doorbell" if data_path == "shm" else "gdb"
+        if not isinstance(transport, str) or transport not in TRANSPORTS:
+            raise ConfigError(f"unknown transport {transport!r:.40}; use one of {', '.join(TRANSPORTS)}")
+        if transport == "doorbell" and data_path != "shm":
+            raise ConfigError("transport='doorbell' needs data_path='shm' (the guest polls shared RAM)")
         if not is_int(memory_mib) or not MIN_MEMORY_MIB <= memory_mib <= MAX_MEMORY_MIB:
             raise ConfigError(
                 f"memory_mib={memory_mib!r:.40}: give a whole number of MiB in "
@@ -164,7 +171,9 @@ class Machine:
             data_path=data_path,
             boot_timeout=seconds("boot_timeout", boot_timeout, ConfigError),
         )
-        self.mailboxes = Mailboxes(self.target, lambda: self._call_timeout, self.reset)
+        self.mailboxes = Mailboxes(
+            self.target, lambda: self._call_timeout, self.reset, transport, self._needs_stops
+        )
         volatile = {d: disk_map[d] for d, mode in config.write_cache.items() if mode == "volatile"}
         # the drives' caches read what the guest did at every boundary between stretches of it
         self.write_caches = WriteCaches(self.target, volatile) if volatile else None
@@ -199,8 +208,20 @@ class Machine:
 
     @property
     def parked(self) -> bool:
-        """At harness_ready with no posted request still to run."""
-        return self.target.parked
+        """At harness_ready with no posted request still to run, or between calls in the
+        doorbell loop (the same state to a caller: the next call can run)."""
+        return self.target.parked or self.target.serving
+
+    @property
+    def transport(self) -> str:
+        """How calls reach the guest: "doorbell" (shared RAM) or "gdb" (harness/transport.py)."""
+        return self.mailboxes.transport
+
+    def _needs_stops(self) -> bool:
+        """Something watches the guest at its stops: port watches or breakpoints in place or
+        pending, volatile write caches (read at each stop). Calls take the GDB way then."""
+        ports = self._ports is not None and bool(self._ports.active or self._ports.pending)
+        return ports or self.write_caches is not None
 
     @property
     def boots(self) -> int:

@@ -9,6 +9,7 @@ import logging
 import mmap
 import os
 import shutil
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 PARK_SYMBOL = "harness_ready"
 HANG_INTERRUPT_TIMEOUT = 5.0  # s, for a running guest to stop after -exec-interrupt
+PARK_TIMEOUT = 5.0  # s, for a guest in its doorbell loop to park once asked (idle_us = 0)
 GDB_SETTINGS = (
     "mi-async on",  # else -exec-interrupt is ignored while the guest runs
     "confirm off",
@@ -38,6 +40,7 @@ SYMBOLS = {
     "xfer_size": "harness_xfer_size",
     "last_error": "(unsigned)&ata_last_error",
     "request": "(unsigned)&harness_request",
+    "doorbell": "(unsigned)&harness_doorbell",
 }
 # Called with every new Target: observers that watch every machine (harness/coverage/).
 TARGET_HOOKS: list[Callable[[Target], None]] = []
@@ -59,6 +62,9 @@ class Target:
         self.qemu: QemuProcess | None = None
         self.gdb: GdbMi | None = None
         self.parked = False  # at harness_ready with no posted request still to run
+        # continued into the doorbell loop (serve()), its stop at harness_ready not yet taken:
+        # the guest takes requests from shared RAM, or has parked by itself after idling
+        self.serving = False
         self.boots = 0
         self.down = ""  # why the target cannot take calls (closed, a reboot failed), if so
         self.resume_hooks: list[Callable[[], None]] = []  # before every resume (port watches arm)
@@ -118,6 +124,8 @@ class Target:
                 artifacts=self.artifact_files(),
             )
             self.gdb.spawn()  # loads symbols while QEMU starts
+            self.gdb.before_command = self.settle
+        self.serving = False
         self.qemu = QemuProcess(self.config, paths)
         self.qemu.start()
         for hook in self.boot_hooks:
@@ -154,6 +162,11 @@ class Target:
 
     def halt(self, clean: bool, keep_gdb: bool = False) -> None:
         """Stop QEMU (quit or SIGKILL); stop GDB too unless it is to attach to the next QEMU."""
+        if self.serving and self.qemu is not None and self.qemu.poll() is None:
+            # GDB goes on from a stopped target, as after a call on its own path
+            with contextlib.suppress(HarnessError):
+                self.settle()
+        self.serving = False
         self.parked = False
         if self.qemu is not None:
             self._ram_event("halt" if clean else "kill")
@@ -199,13 +212,53 @@ class Target:
         return [p for p in (self.qemu and self.qemu.pid, self.gdb and self.gdb.pid) if p]
 
     # --- run and stop ------------------------------------------------------------------
-    def resume(self) -> None:
-        """Let the guest run (the hooks first: port watches arm their breakpoints)."""
+    def resume(self, idle_us: int = 0) -> None:
+        """Let the guest run (the hooks first: port watches arm their breakpoints). idle_us:
+        how long the guest polls the doorbell for a next request before it parks."""
         gdb, qemu = self.live()
+        self.settle()
         for hook in self.resume_hooks:
             hook()
+        self._doorbell(abi.PARKING_OFFSET, 0)
+        self._doorbell(abi.IDLE_US_OFFSET, idle_us)
         gdb.discard_async()
         gdb.command("-exec-continue", alive=qemu.check_alive)
+
+    def serve(self, idle_us: int) -> None:
+        """Continue the parked guest into its doorbell loop: it takes requests from shared RAM
+        until idle_us pass without one, then parks by itself (GDB reports that stop, taken by
+        the next settle())."""
+        self.resume(idle_us)
+        self.parked = False
+        self.serving = True
+
+    def settle(self) -> None:
+        """A guest serving the doorbell goes back to harness_ready, stopped, for whatever needs
+        GDB or a stopped VM next (every GDB command comes here first); else nothing."""
+        if not self.serving:
+            return
+        self.serving = False  # first: the GDB commands below must not come back here
+        gdb, qemu = self.live()
+        self._doorbell(abi.IDLE_US_OFFSET, 0)  # re-read on every round of the guest's loop
+        stop = self.stop_of(self.wait_stop(PARK_TIMEOUT, f"stop at {PARK_SYMBOL} (doorbell loop ended)"))
+        self.parked = stop.parked
+        if not stop.parked:
+            raise GdbError(
+                f"the guest stopped at {stop} on its way from the doorbell loop to {PARK_SYMBOL}",
+                artifacts=self.artifact_files(),
+            )
+
+    def _doorbell(self, offset: int, value: int) -> None:
+        """Set a harness-owned word of the doorbell (shared RAM only; nothing before the
+        symbols are known: the boot's guest RAM holds zeros, the settings for a parked guest)."""
+        addr = self._symbols.get("doorbell")
+        if self._ram is not None and addr is not None:
+            struct.pack_into("<I", self._ram, addr + offset, value)
+
+    @property
+    def ram(self) -> mmap.mmap | None:
+        """Guest RAM, mapped here (data_path="shm"), else None."""
+        return self._ram
 
     def wait_stop(self, limit: float, what: str) -> MiRecord:
         """The guest's next stop within limit. Ctrl-C meanwhile stops the guest before it is
@@ -215,11 +268,12 @@ class Target:
             return gdb.wait_async(is_stopped, limit, what, qemu.check_alive)
         except KeyboardInterrupt:
             with procs.signals_deferred():
-                self._stop_after_ctrl_c()
+                self.stop_after_ctrl_c()
             raise
 
-    def _stop_after_ctrl_c(self) -> None:
+    def stop_after_ctrl_c(self) -> None:
         self.parked = False
+        self.serving = False  # interrupted wherever it is, not asked to park
         try:
             gdb, qemu = self.live()
             gdb.command("-exec-interrupt", alive=qemu.check_alive)
@@ -267,6 +321,7 @@ class Target:
         self.parked = False
         for hook in self.resume_hooks:
             hook()  # a watch entered before a reset sees the boot's accesses
+        self._doorbell(abi.IDLE_US_OFFSET, 0)  # a snapshot's RAM may hold a serving one
         gdb.discard_async()
         gdb.command("-exec-continue", alive=qemu.check_alive)
         rec = gdb.wait_async(is_stopped, self.boot_timeout, f"stop at {PARK_SYMBOL}", qemu.check_alive)
@@ -304,6 +359,7 @@ class Target:
     def system_reset(self) -> None:
         """QMP system_reset, then run to harness_ready again (same QEMU, same RAM file)."""
         gdb, qemu = self.live()
+        self.settle()
         self._ram_event("reset")
         qemu.command("system_reset")
         qemu.events()  # RESET, STOP, RESUME...: nobody asked; do not let them pile up
@@ -315,6 +371,7 @@ class Target:
         returns the first line (for the error) and the file."""
         gdb, qemu = self.live()
         evidence = [f"the guest did not return to {PARK_SYMBOL} within {limit:g} s"]
+        self.serving = False  # interrupted where it hangs, not asked to park
         try:
             gdb.command("-exec-interrupt", alive=qemu.check_alive)
             rec = gdb.wait_async(is_stopped, HANG_INTERRUPT_TIMEOUT, "stop after interrupt", qemu.check_alive)
@@ -424,6 +481,7 @@ class Target:
         gdb, qemu = self.live()
         if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
             raise UsageError(f"snapshot name {name!r:.40}: use letters, digits, - and _")
+        self.settle()  # savevm and loadvm at the park point, as GDB last saw the guest
         was_parked = self.parked
         if verb == "loadvm":
             self._ram_event("loadvm")

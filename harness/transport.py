@@ -1,20 +1,32 @@
 """How a driver request reaches the guest and its result comes back: the mailbox in guest
-RAM, filled while the guest is parked, run by continuing to harness_ready. Also the block
-holds (hold_io), which change how a call must be run."""
+RAM. Two transports carry it:
+
+- "gdb": filled while the guest is parked at harness_ready, run by continuing it there again
+  through GDB (~1.9 ms a call: GDB's continue, QEMU's stop, GDB's report of it);
+- "doorbell" (the default): the guest keeps running between calls and polls the mailbox in
+  shared RAM; Python writes the request through its mapping of guest RAM and waits for the
+  reply there (about a microsecond a round trip). After IDLE_US with no request the guest
+  parks at harness_ready by itself, and the next call continues it from GDB. Whatever needs
+  GDB or a stopped guest (port watches and breakpoints, inferior calls, snapshots, reboots,
+  posted calls run with cont()) first brings it back to harness_ready (Target.settle).
+
+Also the block holds (hold_io), which change how a call must be run."""
 
 from __future__ import annotations
 
 import contextlib
+import struct
 import time
 from collections.abc import Callable
 
-from harness import abi
+from harness import abi, procs
 from harness.abi import Mailbox, Op, Request
 from harness.checks import seconds
 from harness.errors import ConfigError, GdbError, HarnessError, HarnessTimeout, QemuError, UsageError
 from harness.faults import ARM_FAILS_WITH, ARM_REQUEST, flush_fault_drives
+from harness.gdbmi import MiRecord, is_stopped
 from harness.stops import Stop
-from harness.target import PARK_SYMBOL, Target
+from harness.target import PARK_SYMBOL, PARK_TIMEOUT, Target
 
 # blkdebug events. A flush fires flush_to_os on entering the drive's format node even when it
 # finds nothing to write (flush_to_disk only fires when there is): so a hold catches the
@@ -27,6 +39,12 @@ HOLD_POLL = 0.001  # s, between looks at the mailbox while a held call runs
 EVENT_DRAIN_EVERY = 128  # requests between reads of QMP events nobody waits for
 EVENT_DRAIN_WAIT = 0.001  # s
 EVENT_WAIT = 0.05  # s, to let QMP events already sent by QEMU be read
+TRANSPORTS = ("doorbell", "gdb")
+IDLE_US = 10_000  # the guest polls this long for a next request before it parks by itself
+SPIN = 0.001  # s, Python spins on the reply this long, then naps (a long call must not burn a core)
+NAP_MIN = 0.00005  # s, the first nap; each one doubles up to NAP_MAX
+NAP_MAX = 0.001  # s, also how often a long call checks that QEMU and GDB live
+_WORD = struct.Struct("<I")
 
 
 class Mailboxes:
@@ -34,11 +52,20 @@ class Mailboxes:
     `call_timeout` bounds each call; both belong to the machine."""
 
     def __init__(
-        self, target: Target, call_timeout: Callable[[], float], recover: Callable[[], None]
+        self,
+        target: Target,
+        call_timeout: Callable[[], float],
+        recover: Callable[[], None],
+        transport: str = "gdb",
+        needs_stops: Callable[[], bool] = lambda: False,
     ) -> None:
         self._t = target
         self._call_timeout = call_timeout
         self._recover = recover
+        self.transport = transport
+        # something that watches the guest from its stops is active (port watches, volatile
+        # write caches): calls take the GDB way then, whatever the transport
+        self._needs_stops = needs_stops
         self._seq = 0
         self._requests = 0
         self._held: set[tuple[int, str]] = set()  # (drive, tag) under hold_io
@@ -60,13 +87,9 @@ class Mailboxes:
         """Fill the mailbox (and the transfer buffer with payload, if given); the next cont()
         runs it. A refused post changes nothing in the guest."""
         self._t.live()
+        self._t.settle()
         if not self._t.parked:
-            raise HarnessError(
-                f"cannot post {request.op.name}: the guest is not parked at {PARK_SYMBOL} (an earlier "
-                "call stopped at a breakpoint or was interrupted); finish it with m.cont() until a stop "
-                "is parked, or m.reset()",
-                artifacts=self._t.artifact_files(),
-            )
+            raise self._not_parked(request)
         self._seq = self._mailbox().seq
         if payload is not None:
             self._t.write_memory(request.buf, payload)
@@ -96,19 +119,40 @@ class Mailboxes:
             self.disarm()
         return stop
 
-    def request(self, request: Request, payload: memoryview | bytes | None = None) -> int:
-        """Run one driver request; returns the driver's result code."""
+    def _not_parked(self, request: Request) -> HarnessError:
+        return HarnessError(
+            f"cannot post {request.op.name}: the guest is not parked at {PARK_SYMBOL} (an earlier "
+            "call stopped at a breakpoint or was interrupted); finish it with m.cont() until a stop "
+            "is parked, or m.reset()",
+            artifacts=self._t.artifact_files(),
+        )
+
+    def _drain_events(self) -> None:
+        """Each continue makes QEMU send RESUME and each stop STOP: read them now and then."""
         self._requests += 1
         qemu = self._t.qemu
         if self._requests % EVENT_DRAIN_EVERY == 0 and qemu is not None:
-            qemu.events(wait=EVENT_DRAIN_WAIT)  # each cont() makes QEMU send STOP and RESUME
+            qemu.events(wait=EVENT_DRAIN_WAIT)
+
+    def fast(self, request: Request) -> bool:
+        """This request goes through the doorbell (else the GDB way)."""
+        return (
+            self.transport == "doorbell"
+            and self._t.ram is not None
+            and not self._deferred  # put in place at a step off the park point
+            and not (_sends_flush(request) and request.drive in flush_fault_drives(self._t.config.faults))
+            and not self._needs_stops()
+        )
+
+    def request(self, request: Request, payload: memoryview | bytes | None = None) -> int:
+        """Run one driver request; returns the driver's result code."""
+        if self.fast(request):
+            return self._ring(request, payload)
+        self._drain_events()
         self.post(request, payload)
         stop = self.cont()
         if not stop.parked:
-            raise GdbError(
-                f"guest stopped at {stop} during {request.op.name} instead of returning to {PARK_SYMBOL}",
-                artifacts=self._t.artifact_files(),
-            )
+            raise self._stopped_elsewhere(request, stop)
         return self.result(request)
 
     def result(self, request: Request) -> int:
@@ -137,6 +181,102 @@ class Mailboxes:
                 artifacts=self._t.artifact_files(),
             )
         return box.result
+
+    # --- the doorbell -----------------------------------------------------------------------
+    def _ring(self, request: Request, payload: memoryview | bytes | None) -> int:
+        """Run one request through the doorbell: the mailbox written through shared RAM, `op`
+        last, the guest continued from GDB only if it has parked; then wait for `op` to clear."""
+        gdb, qemu = self._t.live()
+        ram = self._t.ram
+        assert ram is not None
+        if not (self._t.parked or self._t.serving):
+            raise self._not_parked(request)
+        if not gdb.alive():  # a serving guest needs no GDB to answer: a dead one must not pass
+            raise GdbError(
+                f"GDB died (exit status {gdb.proc.poll() if gdb.proc else None}) before "
+                f"{request.op.name}; power_cycle() or close the machine",
+                artifacts=self._t.artifact_files(),
+            )
+        qemu.check_alive()
+        addr = self._t.symbol("request")
+        self._seq = _WORD.unpack_from(ram, addr + abi.SEQ_OFFSET)[0]
+        if payload is not None:
+            self._t.write_memory(request.buf, payload)
+        packed = request.pack(self._seq, linger=bool(self._held))
+        # Every field, then op (the doorbell): a guest that sees op sees the rest, since x86
+        # makes stores visible in program order and these are two separate copies.
+        ram[addr + abi.OP_OFFSET + 4 : addr + len(packed)] = packed[abi.OP_OFFSET + 4 :]
+        ram[addr + abi.OP_OFFSET : addr + abi.OP_OFFSET + 4] = packed[abi.OP_OFFSET : abi.OP_OFFSET + 4]
+        if not self._t.serving:
+            self._wake()
+        limit = self._call_timeout()
+        try:
+            self._await(request, addr + abi.OP_OFFSET, limit)
+        except KeyboardInterrupt:
+            if self._t.serving:  # (a wait for a stop has stopped it already)
+                with procs.signals_deferred():
+                    self._t.stop_after_ctrl_c()
+            raise
+        if self._held:
+            self._let_holds_go()
+        if self._t.serving and not self._mailbox().done_after(self._seq):
+            # op cleared by a reboot (a triple fault resets the machine): the guest is on its
+            # way back to harness_ready; take that stop, then say what happened
+            self._t.serving = False
+            rec = self._t.wait_stop(self._t.boot_timeout, f"stop at {PARK_SYMBOL} after a lost request")
+            self._t.parked = self._t.stop_of(rec).parked
+        return self.result(request)
+
+    def _wake(self) -> None:
+        """Continue the parked guest into its doorbell loop."""
+        self._drain_events()
+        self._t.serve(IDLE_US)
+
+    def _await(self, request: Request, op_addr: int, limit: float) -> None:
+        """Until the guest clears op: spin briefly, then nap, checking that QEMU and GDB live and
+        whether the guest stopped (a breakpoint, QEMU pausing the VM); at most `limit` s."""
+        gdb, qemu = self._t.live()
+        ram = self._t.ram
+        assert ram is not None
+        parking = self._t.symbol("doorbell") + abi.PARKING_OFFSET
+        now = time.monotonic()
+        spin_end, deadline, nap = now + SPIN, now + limit, NAP_MIN
+        while _WORD.unpack_from(ram, op_addr)[0] != Op.NONE:
+            if _WORD.unpack_from(ram, parking)[0]:  # parked before it saw op: wake it again
+                self._t.serving = False
+                self._stopped(request, self._t.wait_stop(PARK_TIMEOUT, f"stop at {PARK_SYMBOL}"))
+                continue
+            now = time.monotonic()
+            if now < spin_end:
+                continue
+            if now > deadline:
+                if self._held:
+                    self._let_holds_go()  # before any stop: QEMU would wait for the held request
+                raise self._hung(limit)
+            qemu.check_alive()
+            rec = gdb.poll_async(is_stopped)
+            if rec is not None:
+                self._stopped(request, rec)
+            time.sleep(nap)
+            nap = min(nap * 2, NAP_MAX)
+
+    def _stopped(self, request: Request, rec: MiRecord) -> None:
+        """The serving guest stopped: parked before it saw the request (it is woken again), or
+        anywhere else during it (an error, as on the GDB way)."""
+        self._t.serving = False
+        self._t.parked = False
+        stop = self._t.stop_of(rec)  # QemuError if QEMU paused the VM (io_error="stop")
+        self._t.parked = stop.parked
+        if not stop.parked:
+            raise self._stopped_elsewhere(request, stop)
+        if self._mailbox().op != Op.NONE:
+            self._wake()
+
+    def _stopped_elsewhere(self, request: Request, stop: Stop) -> GdbError:
+        return GdbError(
+            f"guest stopped at {stop} during {request.op.name} instead of returning to {PARK_SYMBOL}",
+            artifacts=self._t.artifact_files(),
+        )
 
     def _hung(self, limit: float) -> HarnessTimeout:
         """Keep the evidence of a guest that did not stop, reset; the error to raise."""
