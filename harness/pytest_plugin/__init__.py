@@ -3,7 +3,7 @@ and a check that every QEMU and GDB the harness started is gone.
 
 hooks.py     options, markers, reports naming the logs, leak checks, --piix3-keep-on-fail
 options.py   --piix3-kernel, --piix3-qemu, --piix3-qemu-args, --piix3-gdb (and their variables)
-fixtures.py  machine, machine_factory, disk, piix3_firmware
+fixtures.py  machine, machine_factory, disk, piix3_firmware, piix3_transport
 pool.py      the snapshot pool behind the fast `machine` fixture
 protocol.py  the protocol checker on every test (QEMU's device trace, checked after the body)
 waveforms.py a failing test's port watches and device traces drawn as VCD next to its logs
@@ -18,6 +18,7 @@ from harness.pytest_plugin.fixtures import (
     machine,
     machine_factory,
     piix3_firmware,
+    piix3_transport,
 )
 from harness.pytest_plugin.hooks import (
     _piix3_no_leaked_processes,
@@ -45,6 +46,7 @@ __all__ = [
     "machine",
     "machine_factory",
     "piix3_firmware",
+    "piix3_transport",
     "piix3_snapshot_pool",
     "pytest_addoption",
     "pytest_collection_finish",

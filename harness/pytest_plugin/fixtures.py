@@ -16,8 +16,9 @@ import pytest
 from harness.disk import DiskImage
 from harness.machine import Machine
 from harness.pytest_plugin import options, protocol, state, waveforms
-from harness.pytest_plugin.hooks import firmware_choice
+from harness.pytest_plugin.hooks import firmware_choice, transport_choice
 from harness.pytest_plugin.pool import SnapshotPool
+from harness.transport import TRANSPORTS
 
 MachineFactory = Callable[..., Machine]
 
@@ -26,6 +27,14 @@ MachineFactory = Callable[..., Machine]
 def piix3_firmware(pytestconfig: pytest.Config) -> str:
     """The firmware chosen with --piix3-firmware (or $PIIX3_FIRMWARE), default seabios."""
     return firmware_choice(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def piix3_transport(pytestconfig: pytest.Config) -> str:
+    """The transport chosen with --piix3-transport (or $PIIX3_TRANSPORT), default doorbell;
+    both and paired parametrize it (hooks.py)."""
+    chosen = transport_choice(pytestconfig)
+    return chosen if chosen in TRANSPORTS else "doorbell"
 
 
 def _artifact_root(config: pytest.Config, factory: pytest.TempPathFactory) -> Path:
@@ -55,7 +64,10 @@ def _piix3_waveforms(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
 
 @pytest.fixture
 def machine_factory(
-    request: pytest.FixtureRequest, piix3_firmware: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    piix3_firmware: str,
+    piix3_transport: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[MachineFactory]:
     """Start machines for this test: `machine_factory(disks=[...], **Machine kwargs)`.
 
@@ -70,6 +82,8 @@ def machine_factory(
         out = base / f"machine{len(made)}"
         shutil.rmtree(out, ignore_errors=True)
         kwargs.setdefault("firmware", piix3_firmware)
+        if kwargs.get("data_path", "shm") == "shm":  # the doorbell needs shared RAM
+            kwargs.setdefault("transport", piix3_transport)
         m = Machine(disks=disks, artifacts_dir=out, **options.machine_kwargs(request.config, kwargs))
         made.append(m)
         request.node.stash.setdefault(state.MACHINES, []).append(m)
@@ -98,6 +112,7 @@ def machine(
     request: pytest.FixtureRequest,
     machine_factory: MachineFactory,
     piix3_firmware: str,
+    piix3_transport: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Machine]:
     """A machine with one 64 MiB disk on drive 0, stopped at harness_ready.
@@ -118,7 +133,7 @@ def machine(
         yield machine_factory(disks=[disk], faults=faults)
         return
     pool: SnapshotPool = request.getfixturevalue("piix3_snapshot_pool")
-    m = pool.get(piix3_firmware)
+    m = pool.get(piix3_firmware, piix3_transport)
     protocol.watch(request.node, m)
     request.node.stash.setdefault(state.MACHINES, []).append(m)
     logs = m.artifacts

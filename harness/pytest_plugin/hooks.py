@@ -21,6 +21,7 @@ from harness.paths import GDBINIT
 from harness.pytest_plugin import options, protocol, state, waveforms
 from harness.pytest_plugin.pool import POOL
 from harness.qemu import FIRMWARE
+from harness.transport import TRANSPORTS
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,6 +39,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="firmware for the fixtures' machines; both: run each such test under each "
         "(default: seabios, or $PIIX3_FIRMWARE)",
+    )
+    group.addoption(
+        "--piix3-transport",
+        choices=[*TRANSPORTS, "both", "paired"],
+        default=None,
+        help="how the fixtures' machines carry calls; both: run each such test on each; paired "
+        "(with --piix3-firmware=both): seabios with doorbell, qboot with gdb, so each test runs "
+        "on each transport and each firmware once (default: doorbell, or $PIIX3_TRANSPORT)",
     )
     group.addoption(
         "--piix3-keep-artifacts",
@@ -160,10 +169,38 @@ def firmware_choice(config: pytest.Config) -> str:
     return str(chosen)
 
 
+def transport_choice(config: pytest.Config) -> str:
+    chosen = config.getoption("--piix3-transport") or os.environ.get("PIIX3_TRANSPORT", "doorbell")
+    if chosen not in (*TRANSPORTS, "both", "paired"):
+        raise pytest.UsageError(
+            f"PIIX3_TRANSPORT={chosen!r}: use one of {', '.join(TRANSPORTS)}, both or paired"
+        )
+    if chosen == "paired" and firmware_choice(config) != "both":
+        raise pytest.UsageError(
+            "--piix3-transport=paired pairs transports with firmwares: add --piix3-firmware=both"
+        )
+    return str(chosen)
+
+
+# --piix3-transport=paired: each firmware with one transport (the default pair first)
+PAIRED = (("seabios", "doorbell"), ("qboot", "gdb"))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """With --piix3-firmware both, every test that boots machines runs under each firmware."""
-    if "piix3_firmware" in metafunc.fixturenames and firmware_choice(metafunc.config) == "both":
+    """With --piix3-firmware both, every test that boots machines runs under each firmware;
+    with --piix3-transport both, on each transport; paired, each firmware on one transport."""
+    names = metafunc.fixturenames
+    firmware = "piix3_firmware" in names and firmware_choice(metafunc.config) == "both"
+    transport = "piix3_transport" in names and transport_choice(metafunc.config) in ("both", "paired")
+    if firmware and transport and transport_choice(metafunc.config) == "paired":
+        metafunc.parametrize(
+            ("piix3_firmware", "piix3_transport"), PAIRED, ids=[f"{f}-{t}" for f, t in PAIRED]
+        )
+        return
+    if firmware:
         metafunc.parametrize("piix3_firmware", sorted(FIRMWARE))
+    if transport:
+        metafunc.parametrize("piix3_transport", TRANSPORTS)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -16,17 +16,18 @@ from harness.pytest_plugin.options import MACHINE_OPTIONS
 
 
 class SnapshotPool:
-    """Per worker and firmware, one machine parked on a qcow2 disk with a VM snapshot taken at
+    """Per worker, firmware and transport, one machine parked on a qcow2 disk with a VM snapshot taken at
     harness_ready; each test that may use it starts from that snapshot (RAM, CPU, devices and
     disk restored by loadvm) instead of booting."""
 
     def __init__(self, root: Path, machine_options: dict[str, Any] | None = None) -> None:
         self.root = root
         self.machine_options = dict(machine_options or {})  # the session's --piix3-kernel, ...
-        self.machines: dict[str, Machine] = {}
+        self.machines: dict[tuple[str, str], Machine] = {}  # (firmware, transport) -> machine
 
-    def get(self, firmware: str) -> Machine:
-        m = self.machines.get(firmware)
+    def get(self, firmware: str, transport: str = "doorbell") -> Machine:
+        key = (firmware, transport)
+        m = self.machines.get(key)
         if m is not None:
             try:
                 m.restore_snapshot()
@@ -37,20 +38,22 @@ class SnapshotPool:
                 return m
             except HarnessError:  # a test broke it (killed QEMU, closed it...): build anew
                 m.close(failed=True)
-                del self.machines[firmware]
+                del self.machines[key]
         self.root.mkdir(parents=True, exist_ok=True)
-        disk = DiskImage.create(self.root / f"{firmware}.qcow2", size_mib=64, format="qcow2", overwrite=True)
+        name = f"{firmware}-{transport}"
+        disk = DiskImage.create(self.root / f"{name}.qcow2", size_mib=64, format="qcow2", overwrite=True)
         m = Machine(
             disks=[disk],
             firmware=firmware,
             memory_mib=SNAPSHOT_MEMORY_MIB,
-            artifacts_dir=self.root / f"{firmware}-artifacts",
+            transport=transport,
+            artifacts_dir=self.root / f"{name}-artifacts",
             **self.machine_options,
         )
         m.start()
         m.save_snapshot()
         m.console.clear()  # every test's console starts at the snapshot, boot output read
-        self.machines[firmware] = m
+        self.machines[key] = m
         return m
 
     def pids(self) -> set[int]:
