@@ -1,6 +1,21 @@
 /* ata.c: PIIX3 IDE driver: PCI discovery, drive detection, IDENTIFY, PIO (MULTIPLE) and
  * bus-master DMA transfers in LBA28 and LBA48, FLUSH CACHE (EXT), write cache, SRST.
- * Callers: one call at a time, interrupts off; the driver polls with nIEN set.
+ * Callers: one call at a time, interrupts off (IF clear).
+ *
+ * Completion (ata_completion), applied to a channel by its next command:
+ *  - poll: nIEN set; the driver polls BSY/DRQ in Alternate Status and the bus master's ACTIVE.
+ *  - irq: nIEN clear; where ATA/ATAPI-6's protocols raise INTRQ (before each PIO data-in block,
+ *    after each data-out block, at the end of a non-data or DMA command) the driver sleeps in
+ *    hlt (irq_wait) until ata_irq, the channel's handler, has claimed the interrupt, at most
+ *    ata_timeout_ms: a missing one is TIMEOUT in phase IRQ, counted as lost on the line. The
+ *    handler reads Status (the drive drops INTRQ), reads the bus master's Status and writes
+ *    INTR back (write-1-to-clear), and claims the interrupt only while a command waits on the
+ *    channel, the drive is not busy and, for DMA, INTR was set (QEMU shows DRQ, not BSY, while
+ *    a DMA runs); anything else is counted as unclaimed. Before each
+ *    command the driver lets any interrupt already pending be taken (irq_poll_pending), so a
+ *    stale one cannot pass for this command's. Both drives of a channel share its line (14, 15
+ *    in compatibility mode); one command at a time on the whole controller, so whatever comes
+ *    on the other channel's line meanwhile is unclaimed.
  *
  * QEMU behaviours this driver relies on (QEMU 7.2, hw/ide/core.c and piix.c):
  *  - An absent drive reads status 0x00 (real hardware floats to 0xFF): both mean "none". A
@@ -9,7 +24,12 @@
  *  - With nIEN set the bus-master INTR bit never sets: DMA completion is ACTIVE clearing.
  *  - The LBA bit (0x40) in the device register is needed even for EXT commands.
  *  - An out-of-range LBA gives ABRT: we refuse it before touching a port.
- *  - A PRD table shorter than the transfer never completes: tables are built exact.
+ *  - A PRD table shorter than the transfer completes silently: the bus master clears ACTIVE,
+ *    the drive shows 0x50, no (further) data moves, and no interrupt is raised. With nIEN set
+ *    QEMU never sets INTR either, so in poll mode this looks like success. In irq mode it is
+ *    the "Interrupt 0, Active 0" case of the Bus Master IDE programming interface (Intel,
+ *    revision 1.0): the PRD table was smaller than the transfer; reported as ATA_ERR_DMA.
+ *    Tables are built exact.
  *  - Clearing the bus-master START bit while a request is in flight makes QEMU wait for that
  *    request (ide_cancel_dma_sync): a DMA timeout leaves the engine running and returns; START
  *    is cleared before anything else happens on that channel (its next command, or SRST), by
@@ -18,6 +38,7 @@
 #include <stddef.h>
 #include "ata.h"
 #include "ata_io.h"
+#include "irq.h"
 #include "pci.h"
 #include "piix3.h"
 #include "serial.h"
@@ -35,9 +56,18 @@ struct ata_drive ata_drives[ATA_MAX_DRIVES];
 struct ata_error_record ata_last_error;
 uint32_t ata_timeout_ms = ATA_TIMEOUT_MS_DEFAULT;
 uint32_t ata_ram_end;
+uint32_t ata_completion = ATA_COMPLETION_POLL;
 int32_t piix3_bdf = -1;
 
 static struct ata_channel channels[2];
+/* What a channel's interrupt handler left for the driver (irq completion). */
+static volatile struct {
+	uint8_t waiting;	/* a command is in flight on the channel: its interrupts are claimed */
+	uint8_t dma;		/* ... a DMA command: its one interrupt comes with the bus master's INTR */
+	uint8_t claimed;	/* an interrupt came with the drive not busy; consumed by wait_irq */
+	uint8_t status;		/* the Status the handler read */
+	uint8_t bm_status;	/* the bus master's Status the handler read (before INTR went back) */
+} chan_irq[2];
 static uint8_t engine_left_running[2];	/* a DMA timed out with START set on this channel */
 static int probing;	/* detection in progress: a missing drive is no error worth logging */
 static uint32_t prd_table[ATA_PRD_ENTRIES * 2] __attribute__((aligned(4096)));
@@ -69,10 +99,10 @@ static uint64_t taskfile_lba(const struct ata_channel *ch, int lba48)
 		      (uint32_t)cmd_in(ch, ATA_CB_CH) << 16;
 	if (!lba48)
 		return lo | (uint64_t)(cmd_in(ch, ATA_CB_DH) & 0x0F) << 24;
-	ctl_out(ch, ATA_CB_DC_NIEN | ATA_CB_DC_HOB);
+	ctl_out(ch, ch->dc | ATA_CB_DC_HOB);
 	uint64_t hi = cmd_in(ch, ATA_CB_SN) | (uint32_t)cmd_in(ch, ATA_CB_CL) << 8 |
 		      (uint32_t)cmd_in(ch, ATA_CB_CH) << 16;
-	ctl_out(ch, ATA_CB_DC_NIEN);
+	ctl_out(ch, ch->dc);
 	return lo | hi << 24;
 }
 
@@ -158,6 +188,85 @@ static int wait_drq(const struct ata_channel *ch, int lba48)
 	return ATA_OK;
 }
 
+/* The interrupt line of a channel (compatibility mode). */
+static uint32_t irq_line(int channel)
+{
+	return channel ? IRQ_IDE_SECONDARY : IRQ_IDE_PRIMARY;
+}
+
+/* Before a command: apply the completion mode to the channel's nIEN, and in irq mode let an
+   interrupt already pending be taken now (unclaimed: no command waits), then wait for this
+   command's. */
+static void arm_irq(int channel, int dma)
+{
+	struct ata_channel *ch = &channels[channel];
+	uint8_t dc = ata_completion == ATA_COMPLETION_IRQ ? 0 : ATA_CB_DC_NIEN;
+	if (ch->dc != dc) {
+		ch->dc = dc;
+		ctl_out(ch, dc);
+	}
+	chan_irq[0].waiting = chan_irq[1].waiting = 0;
+	if (dc)
+		return;
+	irq_poll_pending();
+	chan_irq[channel].claimed = 0;
+	chan_irq[channel].dma = (uint8_t)dma;
+	chan_irq[channel].waiting = 1;
+}
+
+/* irq completion: sleep until the channel's handler has claimed an interrupt, at most the
+   timeout (the PIT tick wakes hlt to look at the clock). The caller then reads the state the
+   interrupt announced as in poll mode. For DMA, the bus master going inactive without INTR
+   while the drive is not busy is an underrun (see the top): no interrupt is coming. Poll
+   completion: nothing to wait for here. */
+static int wait_irq(int channel, int lba48, int dma)
+{
+	struct ata_channel *ch = &channels[channel];
+	if (ch->dc & ATA_CB_DC_NIEN)
+		return ATA_OK;
+	uint64_t deadline = deadline_after_us(timeout_us());
+	int rc = ATA_OK;
+	irq_tick(1);
+	while (!chan_irq[channel].claimed) {
+		if (dma && !(bm_in(ch, BM_STATUS) & (BM_STATUS_ACTIVE | BM_STATUS_INTR)) &&
+		    !(alt_status(ch) & ATA_CB_STAT_BSY)) {
+			kprintf("ata: channel %d: bus master inactive without INTR: PRD table shorter "
+				"than the transfer\n", channel);
+			rc = fail_hw(ATA_ERR_DMA, ch, alt_status(ch), ATA_PHASE_DMA, lba48);
+			break;
+		}
+		if (deadline_passed(deadline)) {
+			irq_stats[irq_line(channel)].lost++;
+			rc = fail_hw(ATA_ERR_TIMEOUT, ch, alt_status(ch), ATA_PHASE_IRQ, lba48);
+			break;
+		}
+		irq_wait();
+	}
+	irq_tick(0);
+	chan_irq[channel].claimed = 0;
+	return rc;
+}
+
+void ata_irq(int channel)
+{
+	struct ata_channel *ch = &channels[channel];
+	if (!ch->cmd)
+		return;
+	uint8_t st = cmd_in(ch, ATA_CB_STAT);	/* acknowledge: the drive drops INTRQ */
+	uint8_t bms = ch->bm ? bm_in(ch, BM_STATUS) : 0;
+	if (bms & BM_STATUS_INTR)
+		bm_out(ch, BM_STATUS,
+		       (uint8_t)((bms & (BM_STATUS_DRV0_DMA | BM_STATUS_DRV1_DMA)) | BM_STATUS_INTR));
+	if (chan_irq[channel].waiting && !(st & ATA_CB_STAT_BSY) &&
+	    (!chan_irq[channel].dma || (bms & BM_STATUS_INTR))) {
+		chan_irq[channel].status = st;
+		chan_irq[channel].bm_status = bms;
+		chan_irq[channel].claimed = 1;
+	} else {
+		irq_stats[irq_line(channel)].unclaimed++;
+	}
+}
+
 /* Select the drive (DH bits beyond the drive bit in dh_extra) and wait until it is idle. */
 static int select_drive(int drive, uint8_t dh_extra)
 {
@@ -180,6 +289,7 @@ struct ata_taskfile {
 	uint32_t count;		/* 0 means 256 (LBA28) or 65536 (LBA48) */
 	uint64_t lba;
 	int lba48;		/* an EXT command: HOB bytes first */
+	int dma;		/* a DMA command (the bus master is set up) */
 };
 
 /* After a DMA timeout the engine was left running (see the top): stop it before the channel
@@ -197,6 +307,7 @@ static int send_cmd(int drive, const struct ata_taskfile *tf)
 {
 	struct ata_channel *ch = chan_of(drive);
 	stop_left_engine(drive >> 1);
+	arm_irq(drive >> 1, tf->dma);
 	int rc = select_drive(drive, tf->lba48 ? 0 : (uint8_t)((tf->lba >> 24) & 0x0F));
 	if (rc)
 		return rc;
@@ -223,6 +334,9 @@ static int nondata(int drive, uint8_t command, uint8_t feature, uint32_t count)
 	struct ata_channel *ch = chan_of(drive);
 	const struct ata_taskfile tf = { .command = command, .feature = feature, .count = count };
 	int rc = send_cmd(drive, &tf);
+	if (rc)
+		return rc;
+	rc = wait_irq(drive >> 1, 0, 0);
 	if (rc)
 		return rc;
 	rc = wait_ready(ch, ATA_PHASE_COMPLETE, 0);
@@ -297,6 +411,11 @@ static int pio_xfer(int drive, uint64_t lba, uint32_t count, uint8_t *buf, int w
 		return rc;
 	for (uint32_t done = 0; done < count;) {
 		uint32_t n = count - done < block ? count - done : block;
+		if (!writing || done) {	/* data-out: no interrupt before the first block */
+			rc = wait_irq(drive >> 1, lba48, 0);
+			if (rc)
+				return rc;
+		}
 		rc = wait_drq(ch, lba48);
 		if (rc)
 			return rc;
@@ -306,6 +425,11 @@ static int pio_xfer(int drive, uint64_t lba, uint32_t count, uint8_t *buf, int w
 			insl((uint16_t)(ch->cmd + ATA_CB_DATA), buf, n * ATA_SECTOR_SIZE / 4);
 		buf += n * ATA_SECTOR_SIZE;
 		done += n;
+	}
+	if (writing) {	/* data-in: no interrupt after the last block */
+		rc = wait_irq(drive >> 1, lba48, 0);
+		if (rc)
+			return rc;
 	}
 	rc = wait_ready(ch, ATA_PHASE_COMPLETE, lba48);
 	cmd_in(ch, ATA_CB_STAT);	/* acknowledge */
@@ -350,12 +474,18 @@ static int dma_xfer(int drive, uint64_t lba, uint32_t count, uint8_t *buf, int w
 	bm_out(ch, BM_STATUS, (uint8_t)(bm_in(ch, BM_STATUS) | BM_STATUS_ERR | BM_STATUS_INTR));
 	outl((uint16_t)(ch->bm + BM_PRDT), (uint32_t)(uintptr_t)prd_table);
 	bm_out(ch, BM_CMD, dir);
-	const struct ata_taskfile tf = { .command = command, .count = count, .lba = lba, .lba48 = lba48 };
+	const struct ata_taskfile tf = { .command = command, .count = count, .lba = lba, .lba48 = lba48,
+					 .dma = 1 };
 	rc = send_cmd(drive, &tf);
 	if (rc)
 		return rc;
 	bm_out(ch, BM_CMD, (uint8_t)(dir | BM_CMD_START));
 	uint64_t deadline = deadline_after_us(timeout_us());
+	rc = wait_irq(drive >> 1, lba48, 1);
+	if (rc) {
+		engine_left_running[drive >> 1] = 1;	/* as after the polled timeout below */
+		return rc;
+	}
 	uint8_t bms, st;
 	for (;;) {
 		bms = bm_in(ch, BM_STATUS);
@@ -410,6 +540,9 @@ static int identify_into(int drive, uint16_t *buf)
 	struct ata_channel *ch = chan_of(drive);
 	const struct ata_taskfile tf = { .command = ATA_CMD_IDENTIFY };
 	int rc = send_cmd(drive, &tf);
+	if (rc)
+		return rc;
+	rc = wait_irq(drive >> 1, 0, 0);
 	if (rc)
 		return rc;
 	rc = wait_drq(ch, 0);
@@ -560,9 +693,9 @@ int ata_reset_channel(int channel)
 		return fail(ATA_ERR_NOCTRL);
 	struct ata_channel *ch = &channels[channel];
 	stop_left_engine(channel);
-	ctl_out(ch, ATA_CB_DC_NIEN | ATA_CB_DC_SRST);
+	ctl_out(ch, ch->dc | ATA_CB_DC_SRST);
 	udelay(ATA_SRST_PULSE_US);
-	ctl_out(ch, ATA_CB_DC_NIEN);
+	ctl_out(ch, ch->dc);
 	udelay(ATA_SRST_SETTLE_US);
 	uint8_t st = alt_status(ch);
 	if (st != 0x00 && st != 0xFF && wait_status(ch, ATA_CB_STAT_BSY, 0, timeout_us(), &st))
@@ -614,6 +747,7 @@ static int piix3_setup(void)
 			channels[c].ctrl = c ? ATA_SEC_CTRL_BASE : ATA_PRI_CTRL_BASE;
 		}
 		channels[c].bm = (uint16_t)(bmiba + BM_CHANNEL_STRIDE * c);
+		channels[c].dc = ATA_CB_DC_NIEN;	/* ata_init writes it: poll completion */
 		kprintf("ata: channel %d: %s, cmd %04x ctrl %04x bm %04x\n", c, native ? "native" : "legacy",
 			channels[c].cmd, channels[c].ctrl, channels[c].bm);
 	}

@@ -32,6 +32,13 @@ enum ata_phase {
 	ATA_PHASE_COMPLETE = 3,	/* BSY to clear after the command */
 	ATA_PHASE_DMA = 4,	/* bus master to go inactive */
 	ATA_PHASE_RESET = 5,	/* BSY to clear after SRST */
+	ATA_PHASE_IRQ = 6,	/* the channel's interrupt (irq completion): none came */
+};
+
+/* How the driver learns that the drive is done (ata_completion). */
+enum ata_completion {
+	ATA_COMPLETION_POLL = 0,	/* nIEN set; poll BSY, DRQ and the bus master's ACTIVE */
+	ATA_COMPLETION_IRQ = 1,		/* nIEN clear; wait in hlt for IRQ 14/15 (irq.c) */
 };
 
 /* The last failure, fixed layout (read by the harness as raw memory). */
@@ -60,6 +67,7 @@ extern struct ata_drive ata_drives[ATA_MAX_DRIVES];
 extern struct ata_error_record ata_last_error;
 extern uint32_t ata_timeout_ms;	/* bound for every wait on the drive */
 extern uint32_t ata_ram_end;	/* first byte past usable RAM, for buffer checks */
+extern uint32_t ata_completion;	/* enum ata_completion; each command applies it to its channel */
 
 int ata_init(void);
 int ata_identify(int drive, void *buf);
@@ -68,5 +76,6 @@ int ata_write(int drive, uint64_t lba, uint32_t count, const void *buf, int mode
 int ata_flush(int drive);
 int ata_set_write_cache(int drive, int enabled);
 int ata_reset_channel(int channel);
+void ata_irq(int channel);	/* the channel's interrupt handler (irq.c calls it before the EOI) */
 
 #endif

@@ -11,6 +11,7 @@ struct ata_channel {
 	uint16_t cmd;		/* command block base */
 	uint16_t ctrl;		/* control block base */
 	uint16_t bm;		/* this channel's bus-master registers, 0 if none */
+	uint8_t dc;		/* Device Control as the completion mode sets it (nIEN), SRST/HOB aside */
 };
 
 /* Command block register reg (ATA_CB_*) of the channel. */

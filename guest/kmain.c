@@ -1,7 +1,8 @@
-/* kmain.c: boot sequence (serial, timer, PIIX3 driver), then the park loop. */
+/* kmain.c: boot sequence (serial, timer, interrupts, PIIX3 driver), then the park loop. */
 #include <stdint.h>
 #include "ata.h"
 #include "harness.h"
+#include "irq.h"
 #include "serial.h"
 #include "timer.h"
 #include "x86.h"
@@ -23,6 +24,7 @@ void kmain(uint32_t magic, const struct multiboot_info *mbi)
 		ata_ram_end = 0x100000u + mbi->mem_upper * 1024u;
 	timer_calibrate();
 	kprintf("timer: %llu TSC ticks per ms; RAM ends at %08x\n", tsc_per_ms, ata_ram_end);
+	irq_init();
 	if (ata_ram_end && ata_ram_end < XFER_BUF_ADDR + XFER_BUF_SIZE)
 		kprintf("warning: RAM ends before the transfer buffer's end (%08x)\n",
 			XFER_BUF_ADDR + XFER_BUF_SIZE);

@@ -116,6 +116,24 @@
 #define BM_PRD_EOT    0x80000000u	/* last entry of the table */
 #define BM_PRD_MAX_BYTES 0x10000u	/* an entry moves at most 64 KiB (count 0 = 64 KiB) */
 
+/* The PIIX3's interrupt controllers: two cascaded 8259As (82371SB datasheet; Intel 8259A
+   datasheet for the command words). The slave is on the master's IR2. */
+#define PIC_MASTER_CMD   0x20	/* ICW1, OCW2, OCW3 out; IRR/ISR in (as OCW3 selected) */
+#define PIC_MASTER_DATA  0x21	/* ICW2..4, then OCW1 (the mask register, IMR) in/out */
+#define PIC_SLAVE_CMD    0xA0
+#define PIC_SLAVE_DATA   0xA1
+#define PIC_ICW1_INIT    0x11	/* ICW1: initialise, edge-triggered, cascade, ICW4 follows */
+#define PIC_ICW4_8086    0x01	/* ICW4: 8086 mode, normal EOI */
+#define PIC_CASCADE_LINE 2	/* the master's input that carries the slave */
+#define PIC_OCW2_EOI     0x20	/* non-specific end of interrupt */
+#define PIC_OCW3_READ_IRR 0x0A	/* the next read of the command port returns IRR */
+#define PIC_OCW3_READ_ISR 0x0B	/* ... returns ISR (in-service) */
+#define PIC_SPURIOUS_IR  7	/* a controller answers an acknowledge with no request as IR7 */
+#define IRQ_LINES        16
+#define IRQ_PIT          0	/* the 8254's counter 0 */
+#define IRQ_IDE_PRIMARY  14	/* compatibility-mode channels: fixed lines */
+#define IRQ_IDE_SECONDARY 15
+
 /* IDENTIFY DEVICE words. */
 #define ID_WORD_SERIAL       10	/* 10 words */
 #define ID_WORD_FIRMWARE     23	/* 4 words */

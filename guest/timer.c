@@ -6,6 +6,8 @@
 #define PIT_CH2 0x42		/* channel 2 counter, out */
 #define PIT_MODE 0x43		/* mode/command, out */
 #define PIT_MODE_CH2_ONESHOT 0xB0	/* ch2, lobyte/hibyte, mode 0, binary */
+#define PIT_CH0 0x40		/* channel 0 counter (its output is IRQ 0), out */
+#define PIT_MODE_CH0_RATE 0x34	/* ch0, lobyte/hibyte, mode 2 (rate generator), binary */
 #define SYS_CTRL_B 0x61		/* bit 0: ch2 gate, bit 1: speaker, bit 5: ch2 OUT (in) */
 #define CALIBRATE_MS 2
 #define CALIBRATE_SPIN_MAX 10000000	/* bound if the PIT never fires */
@@ -29,6 +31,14 @@ void timer_calibrate(void)
 			return;
 		}
 	}
+}
+
+void timer_tick_start(uint32_t hz)
+{
+	uint16_t divisor = (uint16_t)(PIT_HZ / hz);
+	outb(PIT_MODE, PIT_MODE_CH0_RATE);
+	outb(PIT_CH0, (uint8_t)divisor);
+	outb(PIT_CH0, (uint8_t)(divisor >> 8));
 }
 
 uint64_t deadline_after_us(uint64_t us)

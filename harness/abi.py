@@ -16,6 +16,7 @@ from enum import IntEnum
 from typing import ClassVar, TypeVar
 
 from harness.errors import GdbError
+from harness.regs import IRQ_LINES
 
 SECTOR = 512  # bytes per sector, everywhere
 U32 = 0xFFFFFFFF
@@ -163,6 +164,18 @@ class BenchRecord(Record):
     STRUCT: ClassVar[struct.Struct] = struct.Struct("<iIQQQQQ")
 
 
+@dataclass(frozen=True)
+class IrqLineStats(Record):
+    """struct irq_line_stats in guest/irq.h: one interrupt line's counts since boot."""
+
+    taken: int  # delivered and handled as real (EOI sent)
+    spurious: int  # vector 7/15 with the in-service bit clear
+    lost: int  # irq completion waited for one and its deadline passed
+    unclaimed: int  # real, but no command was waiting for it (or the drive was busy)
+
+    STRUCT: ClassVar[struct.Struct] = struct.Struct("<IIII")
+
+
 BENCH_ARG_WRITE = 0x80000000  # guest/bench.h: harness_request.arg's direction bit
 BENCH_MAX_ITERATIONS = 0x7FFFFFFF
 
@@ -172,6 +185,7 @@ LAYOUTS: dict[str, tuple[int, str]] = {
     "harness_doorbell": (Doorbell.STRUCT.size, "guest/harness.h"),
     "ata_last_error": (ErrorRecord.STRUCT.size, "guest/ata.h"),
     "bench_result": (BenchRecord.STRUCT.size, "guest/bench.h"),
+    "irq_stats": (IrqLineStats.STRUCT.size * IRQ_LINES, "guest/irq.h"),
 }
 
 

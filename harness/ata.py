@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from harness import locking
-from harness.abi import BENCH_ARG_WRITE, BENCH_MAX_ITERATIONS, SECTOR, BenchRecord, ErrorRecord, Op, Request
+from harness.abi import (
+    BENCH_ARG_WRITE,
+    BENCH_MAX_ITERATIONS,
+    SECTOR,
+    BenchRecord,
+    ErrorRecord,
+    IrqLineStats,
+    Op,
+    Request,
+)
 from harness.checks import int_problem, is_int
 from harness.errors import AtaError, GdbError
 from harness.identify import IDENTIFY_BYTES, DriveInfo, parse_identify
-from harness.regs import AtaCode, AtaMode
+from harness.regs import BM_ACTIVE, BM_ERR, BM_INTR, IRQ_LINES, AtaCode, AtaMode, AtaPhase, Completion
 
 if TYPE_CHECKING:
     from harness.target import Target
@@ -20,6 +30,8 @@ if TYPE_CHECKING:
 
 DEFAULT_MODE = "dma"  # what Linux uses on a PIIX3, and ~10x faster than PIO under QEMU
 MODES = {"pio": AtaMode.PIO, "dma": AtaMode.DMA}
+COMPLETIONS = {"poll": Completion.POLL, "irq": Completion.IRQ}
+DEFAULT_COMPLETION = "poll"
 BENCH_OPS = ("read", "write")
 MAX_DRIVE = 3
 MAX_CHANNEL = 1
@@ -71,17 +83,41 @@ class BenchResult:
         return self.seconds * 1e6 / self.iterations if self.iterations else 0.0
 
 
+def completion_problem(mode: object) -> str:
+    """Why mode is no completion mode ("" if it is one)."""
+    if isinstance(mode, str) and mode in COMPLETIONS:
+        return ""
+    return f"completion {mode!r:.40} is not one of {', '.join(COMPLETIONS)}"
+
+
+@dataclass(frozen=True)
+class IrqCounts:
+    """One interrupt line's counts since the guest booted (struct irq_line_stats)."""
+
+    taken: int  # delivered and handled as real: Status read, EOI sent
+    spurious: int  # IRQ 7/15 with the controller's in-service bit clear: counted, no EOI of its own
+    lost: int  # irq completion waited for one and its deadline passed (TIMEOUT, phase IRQ)
+    unclaimed: int  # taken with no command waiting on the channel, or with the drive still busy
+
+
 class Ata:
     """Calls the guest's PIIX3 driver (guest/ata.h) through GDB; data moves through the
     transfer buffer. Drives are 0..3: primary master/slave, secondary master/slave."""
 
     def __init__(
-        self, transport: Mailboxes, target: Target, exclusive: Callable[[], AbstractContextManager[None]]
+        self,
+        transport: Mailboxes,
+        target: Target,
+        exclusive: Callable[[], AbstractContextManager[None]],
+        completion: str = DEFAULT_COMPLETION,
     ) -> None:
         self._io = transport
         self._t = target
         self._exclusive = exclusive
         self._bench_result: int | None = None  # &bench_result, resolved on first use
+        self._addrs: dict[str, int] = {}  # guest symbols resolved on first use
+        self._completion = completion
+        self._completion_chosen = completion != DEFAULT_COMPLETION  # else the guest's default stands
 
     def exclusive(self) -> AbstractContextManager[None]:
         """The machine's: one thread's calls at a time."""
@@ -95,6 +131,13 @@ class Ata:
         rec = ErrorRecord.unpack(self._t.read_memory(self._t.symbol("last_error"), ErrorRecord.STRUCT.size))
         if not detail and code == AtaCode.RANGE:
             detail = f"the disk has {self.sectors(drive)} sectors"
+        if not detail and code == AtaCode.TIMEOUT and rec.phase == AtaPhase.IRQ:
+            detail = "no interrupt came (irq completion): its line masked, lost, or the drive still busy"
+        if not detail and code == AtaCode.DMA and not rec.bm_status & (BM_ACTIVE | BM_INTR | BM_ERR):
+            detail = (
+                "the bus master went inactive without an interrupt: "
+                "the PRD table was shorter than the transfer"
+            )
         return AtaError(
             code,
             drive=drive,
@@ -110,6 +153,7 @@ class Ata:
         )
 
     def _run(self, operation: str, request: Request) -> None:
+        self._apply_completion()
         self._check(operation, request, self._io.request(request))
 
     def _check(self, operation: str, request: Request, rc: int) -> None:
@@ -214,6 +258,7 @@ class Ata:
     def write(self, drive: int, lba: int, data: Any, mode: str = DEFAULT_MODE) -> None:
         """Write data (any bytes-like object: a non-empty multiple of 512 bytes) at lba."""
         op, req, view = self._write_request(drive, lba, data, mode)
+        self._apply_completion()
         self._check(op, req, self._io.request(req, payload=view))
 
     @locking.exclusive
@@ -221,6 +266,7 @@ class Ata:
         """Post a read without running it: `m.cont()` stops at port breakpoints inside it,
         `.finish()` runs it to harness_ready and returns the data."""
         op, req = self._read_request(drive, lba, count, mode)
+        self._apply_completion()
         self._io.post(req)
         return Pending(self, op, req, req.count * SECTOR)
 
@@ -228,6 +274,7 @@ class Ata:
     def begin_write(self, drive: int, lba: int, data: Any, mode: str = DEFAULT_MODE) -> Pending:
         """Post a write without running it (see begin_read); `.finish()` returns None."""
         op, req, view = self._write_request(drive, lba, data, mode)
+        self._apply_completion()
         self._io.post(req, payload=view)
         return Pending(self, op, req, 0)
 
@@ -312,6 +359,49 @@ class Ata:
                 )
         self._check(pending.operation, pending.request, self._io.result(pending.request))
         return self._t.read_memory(pending.request.buf, pending._nbytes) if pending._nbytes else None
+
+    # --- completion: polling or interrupts --------------------------------------------------
+    def _addr(self, symbol: str) -> int:
+        if symbol not in self._addrs:  # the kernel, and so its addresses, is the machine's for good
+            self._addrs[symbol] = self._evaluate(f"(unsigned)&{symbol}")
+        return self._addrs[symbol]
+
+    def _apply_completion(self) -> None:
+        """Put the chosen completion mode in the guest before a request: the driver applies it
+        to the channel at the command. Boots and snapshot restores bring back the guest's
+        default (poll), so it is written before every request once a mode was chosen."""
+        if self._completion_chosen:
+            self._t.write_memory(
+                self._addr("ata_completion"), COMPLETIONS[self._completion].to_bytes(4, "little")
+            )
+
+    @locking.exclusive
+    def set_completion(self, mode: str) -> None:
+        """How the driver learns that the drive is done: "poll" (nIEN set; it polls BSY, DRQ
+        and the bus master's ACTIVE; the default) or "irq" (nIEN clear; it sleeps in hlt
+        until IRQ 14/15 comes, at most timeout_ms). Kept across reboots of the machine."""
+        problem = completion_problem(mode)
+        if problem:
+            raise self._invalid(0, "set completion", problem)
+        self._completion = mode
+        self._completion_chosen = True
+        self._apply_completion()
+
+    @property
+    def completion(self) -> str:
+        """The completion mode in force: "poll" or "irq"."""
+        return self._completion
+
+    @locking.exclusive
+    def irq_counts(self) -> dict[int, IrqCounts]:
+        """Per interrupt line 0..15 (14: primary channel, 15: secondary), the counts since the
+        guest booted: taken, spurious, lost (irq-mode timeouts) and unclaimed."""
+        size = IrqLineStats.STRUCT.size
+        raw = self._t.read_memory(self._addr("irq_stats"), size * IRQ_LINES)
+        return {
+            line: IrqCounts(*dataclasses.astuple(IrqLineStats.unpack(raw[line * size : (line + 1) * size])))
+            for line in range(IRQ_LINES)
+        }
 
     @property
     def timeout_ms(self) -> int:

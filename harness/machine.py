@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from harness import artifacts, locking, procs, rundir
 from harness.abi import Request
-from harness.ata import Ata
+from harness.ata import DEFAULT_COMPLETION, Ata, completion_problem
 from harness.checks import int_problem, is_int, seconds, text
 from harness.console import Console
 from harness.disk import DiskImage
@@ -38,6 +38,7 @@ from harness.powerloss import (
     write_cache_map,
 )
 from harness.qemu import QEMU_BINARY, QemuConfig, QemuPaths, QemuProcess
+from harness.regs import IRQ_LINES
 from harness.stops import Stop
 from harness.target import PARK_SYMBOL, Target
 from harness.transport import TRANSPORTS, Mailboxes
@@ -124,6 +125,7 @@ class Machine:
         faults: Mapping[int, Sequence[Fault]] | None = None,
         io_error: str = "report",
         write_cache: str | Mapping[int, str] | None = None,
+        completion: str = DEFAULT_COMPLETION,
     ) -> None:
         if not isinstance(data_path, str) or data_path not in DATA_PATHS:
             raise ConfigError(f"unknown data_path {data_path!r:.40}; use one of {', '.join(DATA_PATHS)}")
@@ -141,6 +143,8 @@ class Machine:
             )
         for name, value in (("firmware", firmware), ("io_error", io_error)):
             text(name, value, ConfigError)
+        if completion_problem(completion):
+            raise ConfigError(completion_problem(completion))
         if isinstance(extra_qemu_args, str | bytes) or not isinstance(extra_qemu_args, Sequence):
             raise ConfigError(f"extra_qemu_args must be a list of strings, not {extra_qemu_args!r:.60}")
         if keep_artifacts is not None and not isinstance(keep_artifacts, bool):
@@ -180,7 +184,7 @@ class Machine:
         if self.write_caches is not None:
             self.target.resume_hooks.append(self.write_caches.boundary)
             self.mailboxes.on_post = self.write_caches.expect
-        self.ata = Ata(self.mailboxes, self.target, self.exclusive)
+        self.ata = Ata(self.mailboxes, self.target, self.exclusive, completion)
         self.console = Console(self.target)  # the guest's COM1: expect() what it prints, send()
         self.rundir: Path | None = None
         self.artifacts: Path | None = None
@@ -543,6 +547,27 @@ class Machine:
     def write_memory(self, addr: int, data: bytes | memoryview) -> None:
         """Write data (bytes-like) into guest RAM at addr."""
         self.target.write_memory(addr, data)
+
+    # --- interrupt lines: the 8259 pair's mask register --------------------------------------
+    def _irq_line(self, line: object) -> int:
+        problem = int_problem("line", line, 0, IRQ_LINES - 1)
+        if problem:
+            raise UsageError(f"{problem} (the 8259 pair has lines 0..{IRQ_LINES - 1}; 14, 15: IDE)")
+        assert isinstance(line, int)
+        return line
+
+    @locking.exclusive
+    def mask_irq(self, line: int) -> None:
+        """Set the line's bit in its 8259's mask register: its interrupts stay pending in the
+        controller (IRR) and the driver in irq completion waits for one in vain (TIMEOUT,
+        phase irq, counted as lost). The guest masks nothing else; a reboot unmasks it."""
+        self.call("irq_mask", self._irq_line(line))
+
+    @locking.exclusive
+    def unmask_irq(self, line: int) -> None:
+        """Clear the line's mask bit: an interrupt pending there is taken at the guest's next
+        opening (the next command in irq completion), as unclaimed."""
+        self.call("irq_unmask", self._irq_line(line))
 
     # --- holding the block layer (blkdebug break) ---------------------------------------------
     @locking.exclusive

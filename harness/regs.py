@@ -46,6 +46,30 @@ class AtaMode(IntEnum):
     DMA = 1
 
 
+class AtaPhase(IntEnum):
+    """What a failed wait was waiting for (enum ata_phase in guest/ata.h)."""
+
+    NONE = 0
+    SELECT = 1  # BSY/DRQ to clear before selecting
+    DRQ = 2  # data request for a PIO block
+    COMPLETE = 3  # BSY to clear after the command
+    DMA = 4  # the bus master to go inactive
+    RESET = 5  # BSY to clear after SRST
+    IRQ = 6  # the channel's interrupt (irq completion): none came
+
+
+class Completion(IntEnum):
+    """How the driver learns a command is done (enum ata_completion in guest/ata.h)."""
+
+    POLL = 0  # nIEN set: poll BSY/DRQ and the bus master's ACTIVE
+    IRQ = 1  # nIEN clear: wait in hlt for IRQ 14/15
+
+
+IRQ_LINES = 16  # the 8259 pair
+IRQ_IDE = {0: 14, 1: 15}  # channel -> its interrupt line (compatibility mode; guest/piix3.h)
+BM_ACTIVE, BM_ERR, BM_INTR = 0x01, 0x02, 0x04  # bus-master Status bits (guest/piix3.h)
+
+
 STATUS_BITS: tuple[tuple[int, str], ...] = (
     (0x01, "ERR"),
     (0x02, "IDX"),

@@ -51,7 +51,7 @@ from harness.portio.access import (
     PortMap,
 )
 from harness.portio.devtrace import DeviceAction
-from harness.regs import command_name, decode_status
+from harness.regs import BM_ACTIVE, BM_ERR, BM_INTR, command_name, decode_status
 
 # --- the rules ----------------------------------------------------------------------------------
 ATA6 = "ATA/ATAPI-6"
@@ -233,7 +233,6 @@ FLOATING = (0xFF, 0x7F)  # no device drives the bus (DD7 floating high, or pulle
 DC_SRST, DC_NIEN = 0x04, 0x02
 DEV_LBA, DEV_DEV1 = 0x40, 0x10
 BM_START, BM_READ = 0x01, 0x08
-BM_ACTIVE, BM_ERR, BM_INTR = 0x01, 0x02, 0x04
 SECTOR = 512
 PRD_REGION_LIMIT = 0x10000
 

@@ -7,6 +7,7 @@ a command-line option or else an environment variable, checked once when the ses
     --piix3-qemu BINARY      $PIIX3_QEMU       default qemu-system-i386
     --piix3-qemu-args ARGS   $PIIX3_QEMU_ARGS  split as a shell would (shlex); some refused
     --piix3-gdb BINARY       $PIIX3_GDB        default gdb
+    --piix3-completion MODE  $PIIX3_COMPLETION default poll: the driver's completion (poll, irq)
 
 A keyword a test passes to machine_factory itself wins; extra QEMU arguments go after the
 test's own. Under xdist the controller checks only what it can without the files (the split,
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from harness.ata import completion_problem
 from harness.errors import ConfigError, HarnessError
 from harness.paths import find_kernel
 from harness.qemu import QEMU_BINARY, QemuConfig
@@ -34,6 +36,7 @@ OPTIONS = {
     "piix3_qemu": ("--piix3-qemu", "PIIX3_QEMU", "qemu"),
     "piix3_qemu_args": ("--piix3-qemu-args", "PIIX3_QEMU_ARGS", "extra_qemu_args"),
     "piix3_gdb": ("--piix3-gdb", "PIIX3_GDB", "gdb"),
+    "piix3_completion": ("--piix3-completion", "PIIX3_COMPLETION", "completion"),
 }
 MACHINE_OPTIONS = pytest.StashKey[dict[str, Any]]()  # per session: Machine keywords from the options
 
@@ -65,6 +68,13 @@ def add(group: pytest.OptionGroup) -> None:
         default=None,
         metavar="BINARY",
         help="GDB binary, a name on $PATH or a path (default: $PIIX3_GDB, else gdb)",
+    )
+    group.addoption(
+        "--piix3-completion",
+        default=None,
+        metavar="MODE",
+        help="the driver's completion for every machine the fixtures make: poll (nIEN set, the "
+        "driver polls) or irq (it waits for IRQ 14/15) (default: $PIIX3_COMPLETION, else poll)",
     )
 
 
@@ -105,6 +115,11 @@ def resolve(config: pytest.Config) -> dict[str, Any]:
         if not binary.strip() or "\0" in binary or here and shutil.which(binary) is None:
             raise pytest.UsageError(f"{where}={binary}: no such executable (give a name on $PATH or a path)")
         out[key] = str(Path(binary).absolute()) if os.sep in binary else binary
+    completion = _chosen(config, "piix3_completion")
+    if completion is not None:
+        if completion_problem(completion[1]):
+            raise pytest.UsageError(f"{completion[0]}={completion[1]}: {completion_problem(completion[1])}")
+        out["completion"] = completion[1]
     args = _chosen(config, "piix3_qemu_args")
     if args is not None:
         where, text = args
