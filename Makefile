@@ -83,7 +83,7 @@ GCOVR := $(VENV)/bin/gcovr --root . $(COVERAGE_BUILD)/guest
 coverage: deps guest coverage-guest
 	@rm -f $(COVERAGE_BUILD)/guest/*.gcda; rm -rf $(COVERAGE_OUT); mkdir -p $(COVERAGE_OUT)
 	@rc=0; PIIX3_KERNEL=$(abspath $(COVERAGE_BUILD)/guest/kernel.elf) $(VENV)/bin/pytest -n auto \
-		--piix3-firmware=both --piix3-gcov --piix3-fcov --piix3-coverage-dir $(COVERAGE_OUT) \
+		--piix3-firmware=both --piix3-transport=paired --piix3-gcov --piix3-fcov --piix3-coverage-dir $(COVERAGE_OUT) \
 		$(PYTEST_ARGS) || rc=$$?; \
 	$(GCOVR) --filter 'guest/' --html-details $(COVERAGE_OUT)/index.html --html-title 'piix3-harness guest coverage' \
 		--cobertura $(COVERAGE_OUT)/coverage.xml --lcov $(COVERAGE_OUT)/coverage.info \
@@ -98,7 +98,8 @@ run: deps guest
 	$(VENV)/bin/piix3 run $(ARGS)
 
 test: deps guest lint
-	$(VENV)/bin/pytest -n auto --piix3-firmware=both --piix3-fcov --piix3-fcov-fail-under $(FCOV_FAIL_UNDER) \
+	$(VENV)/bin/pytest -n auto --piix3-firmware=both --piix3-transport=paired --piix3-fcov \
+		--piix3-fcov-fail-under $(FCOV_FAIL_UNDER) \
 		$(PYTEST_ARGS)
 
 debug: deps guest

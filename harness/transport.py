@@ -63,6 +63,7 @@ class Mailboxes:
         self._call_timeout = call_timeout
         self._recover = recover
         self.transport = transport
+        self.idle_us = IDLE_US  # the guest's doorbell loop before it parks by itself
         # something that watches the guest from its stops is active (port watches, volatile
         # write caches): calls take the GDB way then, whatever the transport
         self._needs_stops = needs_stops
@@ -230,7 +231,7 @@ class Mailboxes:
     def _wake(self) -> None:
         """Continue the parked guest into its doorbell loop."""
         self._drain_events()
-        self._t.serve(IDLE_US)
+        self._t.serve(self.idle_us)
 
     def _await(self, request: Request, op_addr: int, limit: float) -> None:
         """Until the guest clears op: spin briefly, then nap, checking that QEMU and GDB live and

@@ -200,7 +200,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if firmware:
         metafunc.parametrize("piix3_firmware", sorted(FIRMWARE))
     if transport:
-        metafunc.parametrize("piix3_transport", TRANSPORTS)
+        metafunc.parametrize("piix3_transport", TRANSPORTS, scope="module")  # module fixtures boot on it
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

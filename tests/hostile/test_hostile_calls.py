@@ -28,13 +28,15 @@ def _sha(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Machine, DiskImage]]:
+def booted(
+    tmp_path_factory: pytest.TempPathFactory, piix3_transport: str
+) -> Iterator[tuple[Machine, DiskImage]]:
     """One machine for the whole table: a raw disk filled with a pattern, so that any write
     that lands anywhere shows in the file's hash."""
     root = tmp_path_factory.mktemp("hostile-calls")
     disk = DiskImage.create(root / "d.img", size_bytes=DISK_SECTORS * SECTOR)
     disk.write_sectors(0, random.Random(7).randbytes(DISK_SECTORS * SECTOR))
-    with Machine(disks=[disk], artifacts_dir=root / "logs") as m:
+    with Machine(disks=[disk], artifacts_dir=root / "logs", transport=piix3_transport) as m:
         yield m, disk
 
 

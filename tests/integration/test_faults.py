@@ -29,6 +29,7 @@ from harness import (
 )
 from harness.abi import Op, Request
 from harness.pytest_plugin import MachineFactory
+from harness.regs import AtaPhase
 
 pytestmark = pytest.mark.qemu
 SECTOR = 512
@@ -139,8 +140,8 @@ def test_triple_fault_is_a_qemu_error(machine_factory: MachineFactory, disk: Dis
     assert m.ata.read(0, 0, 1) == bytes(SECTOR)  # the rebooted guest is parked and usable
 
 
-def test_qemu_killed_mid_call(disk: DiskImage, tmp_path: Path) -> None:
-    m = Machine(disks=[disk], artifacts_dir=tmp_path / "a")
+def test_qemu_killed_mid_call(disk: DiskImage, tmp_path: Path, piix3_transport: str) -> None:
+    m = Machine(disks=[disk], artifacts_dir=tmp_path / "a", transport=piix3_transport)
     m.start()
     try:
         assert m.qemu is not None and m.qemu.pid is not None
@@ -160,8 +161,10 @@ def test_qemu_killed_mid_call(disk: DiskImage, tmp_path: Path) -> None:
     assert gdb_pid is not None and not procs.pid_alive(gdb_pid)
 
 
-def test_gdb_killed_is_a_gdb_error_and_qemu_is_reaped(disk: DiskImage, tmp_path: Path) -> None:
-    m = Machine(disks=[disk], artifacts_dir=tmp_path / "a")
+def test_gdb_killed_is_a_gdb_error_and_qemu_is_reaped(
+    disk: DiskImage, tmp_path: Path, piix3_transport: str
+) -> None:
+    m = Machine(disks=[disk], artifacts_dir=tmp_path / "a", transport=piix3_transport)
     m.start()
     try:
         assert m.gdb is not None and m.qemu is not None
@@ -277,7 +280,8 @@ def test_a_request_that_never_completes_times_out_within_the_bound(
             m.ata.write(0, 5, pattern(2, 1), mode=mode)
     err = e.value
     assert err.code is AtaCode.TIMEOUT
-    assert err.phase == {"pio": 2 if op == "read" else 3, "dma": 4}[mode]  # DRQ, COMPLETE, DMA
+    polled = {"pio": AtaPhase.DRQ if op == "read" else AtaPhase.COMPLETE, "dma": AtaPhase.DMA}[mode]
+    assert err.phase == (AtaPhase.IRQ if m.ata.completion == "irq" else polled)  # irq: none came
     assert err.status & 0x88, "BSY or DRQ still set: the drive never finished"
     assert "TIMEOUT" in str(err)
     assert not m.held, "the call that was caught let its hold go"
