@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import AtaCode, AtaError, DiskImage, HarnessError, Machine
+from harness import AtaCode, AtaError, ConfigError, DiskImage, HarnessError, Machine, UsageError
 from harness.ata import IrqCounts
 from harness.pytest_plugin import MachineFactory
 from harness.regs import IRQ_IDE, AtaPhase
@@ -125,6 +125,11 @@ def test_the_mode_survives_reboots_and_is_checked(machine_factory: MachineFactor
     with pytest.raises(AtaError, match="completion 'interrupt' is not one of poll, irq"):
         m.ata.set_completion("interrupt")
     assert m.ata.completion == "irq"
+    for line in (16, -1, True, "14", 14.0):
+        with pytest.raises(UsageError, match="line"):
+            m.mask_irq(line)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="completion 'IRQ' is not one of poll, irq"):
+        Machine(disks=[disk], completion="IRQ")
 
 
 def test_masked_line_times_out_then_recovers_after_unmask_and_srst(

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import re
+from enum import IntEnum
 from pathlib import Path
 
 import pytest
 
 from harness.errors import AtaError, HarnessError
 from harness.regs import (
+    BM_ACTIVE,
+    BM_ERR,
+    BM_INTR,
     COMMANDS,
     ERROR_BITS,
+    IRQ_IDE,
+    IRQ_LINES,
     STATUS_BITS,
     AtaCode,
     AtaMode,
+    AtaPhase,
+    Completion,
     command_name,
     decode_error,
     decode_status,
@@ -121,6 +129,26 @@ def test_ata_mode_matches_guest_header() -> None:
     assert {name.removeprefix("ATA_MODE_"): value for name, value in enum.items()} == {
         member.name: member.value for member in AtaMode
     }
+
+
+@pytest.mark.parametrize(
+    ("enum_name", "prefix", "mirror"),
+    [("ata_phase", "ATA_PHASE_", AtaPhase), ("ata_completion", "ATA_COMPLETION_", Completion)],
+)
+def test_phase_and_completion_match_guest_header(enum_name: str, prefix: str, mirror: type[IntEnum]) -> None:
+    enum = _enum("ata.h", enum_name)
+    assert enum and all(name.startswith(prefix) for name in enum), enum
+    assert {name.removeprefix(prefix): value for name, value in enum.items()} == {
+        member.name: member.value for member in mirror
+    }
+
+
+def test_interrupt_lines_and_bus_master_bits_match_guest_header() -> None:
+    lines = _defines("piix3.h", "IRQ_")
+    assert {0: lines["IDE_PRIMARY"], 1: lines["IDE_SECONDARY"]} == IRQ_IDE
+    assert lines["LINES"] == IRQ_LINES
+    bm = _defines("piix3.h", "BM_STATUS_")
+    assert (bm["ACTIVE"], bm["ERR"], bm["INTR"]) == (BM_ACTIVE, BM_ERR, BM_INTR)
 
 
 def test_every_guest_command_is_named() -> None:
