@@ -255,6 +255,25 @@ class Ata:
         return self._t.read_memory(req.buf, req.count * SECTOR)
 
     @locking.exclusive
+    def read_into(self, drive: int, lba: int, buffer: Any, mode: str = DEFAULT_MODE) -> int:
+        """Read len(buffer) bytes (a non-empty multiple of 512) from lba straight into a
+        writable buffer-protocol object (bytearray, memoryview, mmap, array...), like
+        io.RawIOBase.readinto: one copy from guest RAM, nothing allocated. Returns the bytes read."""
+        view = as_bytes(buffer)  # a read-only copy if buffer is not contiguous
+        nbytes = view.nbytes if view is not None else 0
+        op = f"read {nbytes // SECTOR} sector(s) into a buffer at LBA {lba!r:.24} ({mode!r:.12})"
+        if view is None or view.readonly:
+            problem = f"buffer must be a writable, contiguous buffer, not {type(buffer).__name__}"
+            raise self._invalid(self._drive(drive, op), op, problem)
+        if not nbytes or nbytes % SECTOR:
+            problem = f"buffer is {nbytes} bytes, not a positive multiple of {SECTOR}"
+            raise self._invalid(self._drive(drive, op), op, problem)
+        op, req = self._read_request(drive, lba, nbytes // SECTOR, mode)
+        self._run(op, req)
+        self._t.read_into(req.buf, view)
+        return nbytes
+
+    @locking.exclusive
     def write(self, drive: int, lba: int, data: Any, mode: str = DEFAULT_MODE) -> None:
         """Write data (any bytes-like object: a non-empty multiple of 512 bytes) at lba."""
         op, req, view = self._write_request(drive, lba, data, mode)

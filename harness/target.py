@@ -447,6 +447,17 @@ class Target:
         gdb, _ = self.live()
         return gdb.read_memory(addr, length)
 
+    def read_into(self, addr: int, view: memoryview) -> None:
+        """Fill a writable byte view from guest RAM at addr: one copy from the shared mapping
+        (else through GDB)."""
+        addr = self._span(addr, view.nbytes)
+        if self._ram is None:
+            gdb, _ = self.live()
+            view[:] = gdb.read_memory(addr, view.nbytes)
+            return
+        with memoryview(self._ram) as ram:  # released at once: an exported mapping cannot close
+            view[:] = ram[addr : addr + view.nbytes]
+
     def write_memory(self, addr: int, data: bytes | memoryview) -> None:
         """Write data (bytes-like) into guest RAM at addr."""
         view = memoryview(data).cast("B")

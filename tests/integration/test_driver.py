@@ -3,6 +3,8 @@ device errors, and a model-based property test. Run under both firmwares by `mak
 
 from __future__ import annotations
 
+import array
+import mmap
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -121,6 +123,47 @@ def test_one_mib_in_one_call(machine_factory: MachineFactory, disk: DiskImage) -
         m.ata.write(0, 4096, data, mode=mode)
         assert m.ata.read(0, 4096, 2048, mode="pio" if mode == "dma" else "dma") == data
     assert disk.read_sectors(4096, 2048) == data
+
+
+def test_read_into_and_write_take_any_buffer(machine: Machine, tmp_path: Path) -> None:
+    """write() takes any buffer-protocol object; read_into() fills a caller's writable one in
+    place (its length says how much), as readinto does, and refuses what it cannot fill."""
+    data = pattern(9, 24)
+    backing = tmp_path / "m.bin"
+    backing.write_bytes(data[: 8 * SECTOR])
+    with open(backing, "r+b") as f, mmap.mmap(f.fileno(), 8 * SECTOR) as mm:
+        sources = [
+            data[: 8 * SECTOR],
+            bytearray(data[8 * SECTOR : 16 * SECTOR]),
+            memoryview(data)[16 * SECTOR :],
+        ]
+        for n, src in enumerate(sources):
+            machine.ata.write(0, 300 + n * 8, src)
+        machine.ata.write(0, 400, mm)
+        assert machine.ata.read(0, 300, 24) == data
+        assert machine.ata.read(0, 400, 8) == data[: 8 * SECTOR]
+        mm[:] = bytes(8 * SECTOR)
+        for mode in MODES:
+            into = bytearray(b"\xee" * (8 * SECTOR + 100))
+            window = memoryview(into)[50 : 50 + 8 * SECTOR]  # a slice of a bigger buffer
+            assert machine.ata.read_into(0, 308, window, mode=mode) == 8 * SECTOR
+            assert into[50:-50] == data[8 * SECTOR : 16 * SECTOR], mode
+            assert into[:50] == into[-50:] == b"\xee" * 50, f"{mode}: read_into wrote past the buffer"
+            words = array.array("I", bytes(8 * SECTOR))  # items of 4 bytes: its length counts bytes
+            assert machine.ata.read_into(0, 300, words, mode=mode) == 8 * SECTOR
+            assert words.tobytes() == data[: 8 * SECTOR]
+        assert machine.ata.read_into(0, 300, mm) == 8 * SECTOR
+        assert mm[:] == data[: 8 * SECTOR]
+    for bad in (
+        bytes(SECTOR),
+        bytearray(100),
+        bytearray(),
+        memoryview(bytearray(2 * SECTOR))[::2],
+        "x" * 512,
+    ):
+        with pytest.raises(AtaError) as refused:
+            machine.ata.read_into(0, 0, bad)
+        assert refused.value.code is AtaCode.INVAL
 
 
 def test_write_cache_toggle_shows_in_identify(machine_factory: MachineFactory, disk: DiskImage) -> None:
