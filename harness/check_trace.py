@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.portio.devtrace import DeviceRecord, parse_trace
-from harness.portio.protocol import check, hardware_resets, origin_of, render_json, render_text
+from harness.portio.protocol import check, hardware_resets, interrupts, origin_of, render_json, render_text
 
 PROG = "piix3 check-trace"
 EXIT_CLEAN, EXIT_VIOLATIONS, EXIT_UNREADABLE = 0, 1, 2
@@ -67,7 +67,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
     resets = hardware_resets(rec.actions)
-    violations = check(rec.events, hardware_resets=resets, strict_timing=args.strict_timing)
+    violations = check(
+        rec.events,
+        hardware_resets=resets,
+        strict_timing=args.strict_timing,
+        interrupts=interrupts(rec.actions),
+    )
     origin = origin_of(rec.events)
     stamped = sum(e.time_us is not None for e in rec.events)
     if args.json:

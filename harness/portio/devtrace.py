@@ -44,7 +44,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TRACE_PATTERNS = ("ide_*", "bmdma_*")  # QMP trace-event-set-state names (globs allowed)
+# The CPU taking an interrupt from the 8259 pair ("interrupt 0xe intno 0x2e": line, vector): the
+# driver's irq completion, seen from QEMU. Only taken interrupts: one masked or never let in
+# (IF clear) leaves no line.
+INTERRUPT_EVENT = "pic_interrupt"
+TRACE_PATTERNS = ("ide_*", "bmdma_*", INTERRUPT_EVENT)  # QMP trace-event-set-state names (globs allowed)
 # QEMU logs every data-port word as its own event (2048 lines per 8 KiB PIO block, 36 MB per MiB):
 # a record kept all the time leaves them out, and with them the rules that count data words.
 DATA_EVENTS = ("ide_data_*",)
@@ -203,7 +207,7 @@ def parse_trace(
                 continue
             direction = "in" if event.endswith("read") else "out"
             raw.append([direction, 4, 4, int(a.group("val"), 16) & 0xFFFFFFFF, True, stamp, 1])
-        elif event.startswith(("ide_", "bmdma_")):
+        elif event.startswith(("ide_", "bmdma_")) or event == INTERRUPT_EVENT:
             rec.actions.append(DeviceAction(event, text.strip(), len(raw)))
             continue
         else:

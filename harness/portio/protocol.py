@@ -50,8 +50,8 @@ from harness.portio.access import (
     PortAccess,
     PortMap,
 )
-from harness.portio.devtrace import DeviceAction
-from harness.regs import BM_ACTIVE, BM_ERR, BM_INTR, command_name, decode_status
+from harness.portio.devtrace import INTERRUPT_EVENT, DeviceAction
+from harness.regs import BM_ACTIVE, BM_ERR, BM_INTR, IRQ_IDE, command_name, decode_status
 
 # --- the rules ----------------------------------------------------------------------------------
 ATA6 = "ATA/ATAPI-6"
@@ -191,6 +191,28 @@ _RULES = (
         "PIIX3-BM-5",
         "the PRD table address is dword aligned",
         f"{PIIX3}, BMIDTPX register (Descriptor Table Base Address [31:2])",
+    ),
+    Rule(
+        "IRQ-1",
+        "after the device's interrupt is taken, the channel's Status register is read (which clears "
+        "INTRQ) before its next command",
+        f"{ATA6} clause 7, Status register (reading it clears a pending interrupt); clause 5, INTRQ",
+        "interrupts (pic_interrupt)",
+    ),
+    Rule(
+        "IRQ-2",
+        "after an interrupt on a channel, the bus master's INTR bit is cleared (written 1) before "
+        "the channel's next command",
+        f"{PIIX3}, BMISX register (Interrupt: set when the IDE device asserts its line; cleared by "
+        "writing 1); Bus Master IDE Operation",
+        "interrupts (pic_interrupt)",
+    ),
+    Rule(
+        "IRQ-3",
+        "a command written with nIEN clear (interrupts on) has its interrupt taken before the next "
+        "command on the channel (or a software reset): a host that enables INTRQ waits for it",
+        f"{ATA6} clause 7, Device Control register (nIEN); clause 9, the protocols' INTRQ steps",
+        "interrupts (pic_interrupt)",
     ),
     Rule(
         "PIIX3-PRD-1",
@@ -401,6 +423,21 @@ def render_json(violations: Sequence[Violation], origin_us: float | None = None,
     return json.dumps({**extra, "violations": [v.to_dict(origin_us) for v in violations]}, indent=2)
 
 
+_INTERRUPT = re.compile(r"irq (\d+) intno (\d+)")
+
+
+def interrupts(actions: Iterable[DeviceAction]) -> list[tuple[int, int]]:
+    """(event index, line) of every interrupt the CPU took from the 8259 pair (QEMU's
+    pic_interrupt lines; a spurious one is reported as line 7 or 15 too, but the guest's are
+    software interrupts that QEMU never sees)."""
+    out = []
+    for a in actions:
+        m = _INTERRUPT.fullmatch(a.detail) if a.event == INTERRUPT_EVENT else None
+        if m:
+            out.append((a.index, int(m.group(1))))
+    return out
+
+
 def hardware_resets(actions: Iterable[DeviceAction]) -> list[int]:
     """Event indices where QEMU reset the controller (power-on or system_reset: its bmdma_reset
     lines; SRST resets only the drives, with ide_reset alone)."""
@@ -476,6 +513,10 @@ class _Channel:
     bm_dirty: dict[int, bool | None] = field(default_factory=lambda: {BM_INTR: None, BM_ERR: None})
     pending_dma: _Command | None = None  # a DMA command written and not yet started
     seen_command: bool = False  # a Command or reset has been seen: BM-2 can be judged
+    # interrupts (event indices)
+    irq_status_due: int | None = None  # an interrupt taken, no Status read since
+    irq_intr_due: int | None = None  # an interrupt taken, the bus master's INTR not cleared since
+    irq_expected: int | None = None  # a Command written with nIEN clear, its interrupt not yet taken
 
     def drive(self) -> int | None:
         return None if self.dev is None else self.number * 2 + self.dev
@@ -626,6 +667,11 @@ class Checker:
         self._handlers[reg](index, ev, ch)
 
     def _on_status(self, index: int, ev: PortAccess, ch: _Channel) -> None:
+        ch.irq_status_due = None  # the device drops INTRQ on a read of Status
+        self._on_altstatus(index, ev, ch)
+
+    def _on_altstatus(self, index: int, ev: PortAccess, ch: _Channel) -> None:
+        """A status read (Alternate Status leaves INTRQ alone; the rest is the same)."""
         if ev.value is None:
             return
         value = ev.value & 0xFF
@@ -650,9 +696,6 @@ class Checker:
             self._open_block(ch, None)  # a record begun mid-command
         if not value & DRQ:
             ch.block_open = False
-
-    def _on_altstatus(self, index: int, ev: PortAccess, ch: _Channel) -> None:
-        self._on_status(index, ev, ch)
 
     @staticmethod
     def _open_block(ch: _Channel, size: int | None) -> None:
@@ -776,6 +819,7 @@ class Checker:
         if ch.bm_started and not ch.bm_left_set:
             ch.bm_left_set = True
             self._report("PIIX3-BM-3", index, ch, f"Command {name} written while START is still set")
+        self._judge_interrupts(index, ch, name)
         self._judge_command(index, ch, op, name)
         if op in LBA48 and ch.writes_known:
             short = [r.replace("_", " ") for r in _LBA48_REGS if len(ch.writes.get(r, [])) < 2]
@@ -801,6 +845,39 @@ class Checker:
         ch.pending_dma = cmd if cmd.dma else None
         if not cmd.dma and ch.nien is not True:
             ch.bm_dirty[BM_INTR] = True  # its interrupt may set the bus-master INTR bit
+        if ch.nien is False and cmd.kind != "unknown":
+            ch.irq_expected = index
+
+    # --- interrupts ----------------------------------------------------------------------------
+    def interrupt(self, line: int) -> None:
+        """The CPU took an interrupt of the 8259 pair on `line` before the next event (QEMU's
+        pic_interrupt); the IDE channels' lines (14, 15) start obligations."""
+        channel = {line: ch for ch, line in IRQ_IDE.items()}.get(line)
+        if channel is None:
+            return
+        ch = self.channels[channel]
+        index = len(self.events)
+        ch.irq_status_due = ch.irq_intr_due = index
+        ch.irq_expected = None
+
+    def _judge_interrupts(self, index: int, ch: _Channel, name: str) -> None:
+        what = f"Command {name} written"
+        if ch.irq_status_due is not None:
+            self._report(
+                "IRQ-1", index, ch, f"{what}, no Status read since the interrupt before #{ch.irq_status_due}"
+            )
+        if ch.irq_intr_due is not None:
+            self._report(
+                "IRQ-2", index, ch, f"{what}, INTR not cleared since the interrupt before #{ch.irq_intr_due}"
+            )
+        if ch.irq_expected is not None:
+            self._report(
+                "IRQ-3",
+                index,
+                ch,
+                f"{what}; the command at #{ch.irq_expected} (nIEN clear) had no interrupt taken",
+            )
+        ch.irq_status_due = ch.irq_intr_due = ch.irq_expected = None
 
     def _judge_command(self, index: int, ch: _Channel, op: int, name: str) -> None:
         what = f"Command {name}"
@@ -937,6 +1014,7 @@ class Checker:
         value = ev.value & 0xFF
         ch.nien = bool(value & DC_NIEN)
         if value & DC_SRST:
+            ch.irq_status_due = ch.irq_expected = None  # the reset deasserts INTRQ
             if ch.srst_at is None:
                 ch.srst_at = (index, ev.time_us)
                 ch.make_stale(STALE_RESET)
@@ -1004,6 +1082,10 @@ class Checker:
             return
         value = ev.value & 0xFF
         running = bool(ch.bm_started and value & BM_ACTIVE)  # a clear bit may still be set later
+        if ev.direction == "out" and value & BM_INTR or ev.direction == "in" and not value & BM_INTR:
+            # bus-master accesses carry no channel in QEMU's trace (see devtrace): either channel's
+            for other in self.channels:
+                other.irq_intr_due = None
         for bit in (BM_INTR, BM_ERR):
             if ev.direction == "out":
                 if value & bit:  # write 1 to clear
@@ -1068,6 +1150,7 @@ def check(
     strict_timing: bool = False,
     stamp_resolution_us: float = 1.0,
     context: int = 3,
+    interrupts: Iterable[tuple[int, int]] = (),
 ) -> list[Violation]:
     """Check a record of port accesses (either side, raw or normalized) against the rules.
     The record must hold every access to the IDE ports (a driver-side watch of all of them, as
@@ -1080,7 +1163,8 @@ def check(
     strict_timing: a status read right after a Device or Command write, with no other register
     access and under 1 µs between them, is not trusted (see the module doc).
     stamp_resolution_us: how coarse the timestamps are. context: accesses shown before the
-    offending one."""
+    offending one. interrupts: (event index, line) of each interrupt the CPU took before that
+    event (see interrupts() for a parsed QEMU trace); without them the IRQ rules judge nothing."""
     checker = Checker(
         port_map=port_map,
         prd_tables=prd_tables,
@@ -1089,9 +1173,12 @@ def check(
         context=context,
     )
     resets = sorted(set(hardware_resets))
+    taken = sorted(interrupts)
     for index, ev in enumerate(events):
         while resets and resets[0] <= index:
             resets.pop(0)
             checker.hardware_reset()
+        while taken and taken[0][0] <= index:
+            checker.interrupt(taken.pop(0)[1])
         checker.feed(ev)
     return checker.violations

@@ -70,6 +70,7 @@ def check(item: pytest.Item) -> list[str]:
             trace.events,
             port_map=m.ports.port_map(),
             hardware_resets=[*protocol.hardware_resets(trace.actions), *trace.resets],
+            interrupts=protocol.interrupts(trace.actions),
         )
         if not found:
             continue

@@ -236,6 +236,7 @@ def test_prd_table_shorter_than_the_transfer(
     disk.write_sectors(40, pattern(40, 8))
     m = machine_factory(disks=[disk], completion=completion, transport="gdb")  # a port breakpoint
     prd = m.evaluate_int("(unsigned)&prd_table")
+    assert m.ata.read(0, 40, 8) == pattern(40, 8)  # the mode in place, its address resolved
     with m.break_on_port("bmdma-primary", direction="out", value=0x09):  # START, device to memory
         pending = m.ata.begin_read(0, 40, 8)
         stop = m.cont()

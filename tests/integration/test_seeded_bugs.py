@@ -33,7 +33,7 @@ import pytest
 
 from harness import AtaCode, AtaError, DiskImage, Machine
 from harness.paths import find_kernel
-from harness.portio.protocol import PrdTable, Violation, check, hardware_resets, render_text
+from harness.portio.protocol import PrdTable, Violation, check, hardware_resets, interrupts, render_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mutate"))
 import guestbuild  # noqa: E402  (tests/mutate is no package: the mutation runner is a script)
@@ -356,6 +356,7 @@ def record(m: Machine, scenario: Scenario) -> tuple[list[Violation], Run]:
         port_map=m.ports.port_map(),
         hardware_resets=hardware_resets(dev.actions),
         prd_tables=run.prd_tables,
+        interrupts=interrupts(dev.actions),
     )
     return found, run
 

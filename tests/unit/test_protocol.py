@@ -220,6 +220,8 @@ class Rec:
         self.stamps = stamps
         self.t = t0
         self.events: list[PortAccess] = []
+        self.line = (14, 15)[channel]
+        self.irqs: list[tuple[int, int]] = []  # (event index, line): interrupts the CPU took
 
     def add(
         self, direction: str, port: int, value: int | None, width: int = 1, count: int = 1, dt: float = 1.0
@@ -280,6 +282,16 @@ class Rec:
 
     def prd(self, addr: int = 0x108000) -> Rec:
         return self.add("out", self.bm + 4, addr, width=4)
+
+    def taken(self, status: bool = True, intr: bool = True) -> Rec:
+        """The channel's interrupt taken, and the guest's handler: Status read (`status`),
+        the bus master's Status read and INTR written back (`intr`)."""
+        self.irqs.append((len(self.events), self.line))
+        if status:
+            self.status(0x50, alt=False)
+        if intr:
+            self.bm_status(0x24, "in").bm_status(0x24)
+        return self
 
     def done(self) -> Rec:
         """Wait for completion and acknowledge."""
@@ -654,6 +666,35 @@ CASES: list[tuple[str, str, Builder, Builder, dict[str, Any]]] = [
         lambda: Rec().select(0xB0).status(0xFF).device(0xA0).polls(0x50).command(0xEC),
         {},
     ),
+    # interrupts (nIEN clear: the driver's irq completion)
+    (
+        "IRQ-1",
+        "the handler reads Alternate Status only",
+        lambda: Rec().devctl(0x00).issue(0xE7).taken(status=False).polls(0x50, 2).issue(0xE7),
+        lambda: Rec().devctl(0x00).issue(0xE7).taken().done().issue(0xE7),
+        {},
+    ),
+    (
+        "IRQ-2",
+        "the bus master's INTR left set after the interrupt",
+        lambda: Rec().devctl(0x00).issue(0xE7).taken(intr=False).done().issue(0xE7),
+        lambda: Rec().devctl(0x00).issue(0xE7).taken().done().issue(0xE7),
+        {},
+    ),
+    (
+        "IRQ-3",
+        "interrupts enabled, completion polled",
+        lambda: Rec().devctl(0x00).issue(0xE7).done().issue(0xE7),
+        lambda: Rec().devctl(0x02).issue(0xE7).done().issue(0xE7),
+        {},
+    ),
+    (
+        "IRQ-3",
+        "a pending interrupt taken before the next command",
+        lambda: Rec().devctl(0x00).issue(0xE7).polls(0x50, 2).issue(0xE7),
+        lambda: Rec().devctl(0x00).issue(0xE7).polls(0x50, 2).taken().issue(0xE7),
+        {},
+    ),
     # bus master
     (
         "PIIX3-BM-1",
@@ -767,9 +808,10 @@ PRD_CASES: list[tuple[str, str, PrdTable, PrdTable]] = [
 def test_rule_fires_on_the_violation_and_not_on_the_correct_record(
     rule: str, title: str, bad: Builder, good: Builder, options: dict[str, Any]
 ) -> None:
-    found = check(bad().events, **options)
+    broken, correct = bad(), good()
+    found = check(broken.events, interrupts=broken.irqs, **options)
     assert rule in _ids(found), render_text(found)
-    clean = check(good().events, **options)
+    clean = check(correct.events, interrupts=correct.irqs, **options)
     assert clean == [], render_text(clean)
 
 
