@@ -15,6 +15,7 @@ Also the block holds (hold_io), which change how a call must be run."""
 from __future__ import annotations
 
 import contextlib
+import os
 import struct
 import time
 from collections.abc import Callable
@@ -267,6 +268,9 @@ class Mailboxes:
                 continue
             now = time.monotonic()
             if now < spin_end:
+                # QEMU's own threads (the block layer's workers, its main loop) must run for a
+                # DMA to finish: a spin that never gives up the core starves them on a small host
+                os.sched_yield()
                 continue
             if now > deadline:
                 if self._held:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import procs
-from harness.abi import SECTOR
+from harness.abi import PARKING_OFFSET, SECTOR
 from harness.ata import BenchResult
 from harness.bench.armed import PAGE, armed_check
 from harness.bench.report import (
@@ -44,6 +44,7 @@ from harness.paths import find_kernel
 from harness.qemu import QemuConfig, QemuPaths, build_command
 
 RAW_TIMEOUT = 5.0  # s, for one raw MI reply or raw start step
+IDLE_SECONDS = 10.0  # s, an idle parked machine is watched this long (a fifth with --quick)
 SUITE_TIMEOUT = 1800.0  # s, for one whole-suite run (--suite)
 GDB = "gdb"
 # Functions never run by a read or write: a breakpoint on one of them in the page the transfer
@@ -65,9 +66,13 @@ class BenchContext:
     suite: bool = False
     _machine: Machine | None = None
 
-    def machine(self) -> Machine:
+    def machine(self, transport: str = "doorbell") -> Machine:
+        """The shared machine on this transport (the other one's is closed first: one QEMU at a
+        time holds the image)."""
+        if self._machine is not None and self._machine.transport != transport:
+            self.close()
         if self._machine is None:
-            self._machine = Machine(disks=[self.disk], firmware=self.firmware)
+            self._machine = Machine(disks=[self.disk], firmware=self.firmware, transport=transport)
             self._machine.start()
         return self._machine
 
@@ -142,7 +147,10 @@ def _raw_start(ctx: BenchContext) -> None:
                     "kill",
                     str(cfg.kernel),
                 ]
-                subprocess.run(gdb, capture_output=True, timeout=RAW_TIMEOUT * 4, check=True)
+                # `kill` ends QEMU, and GDB may then exit 1 on the broken pipe: the stop is what counts
+                done = subprocess.run(gdb, capture_output=True, timeout=RAW_TIMEOUT * 4, check=False)
+                if b"Breakpoint 1, harness_ready" not in done.stdout:
+                    raise HarnessError(f"raw gdb did not reach harness_ready: {done.stderr[-300:]!r}")
             finally:
                 procs.kill(qemu)
                 procs.reap(qemu, RAW_TIMEOUT)
@@ -241,7 +249,7 @@ def _suite_rows(ctx: BenchContext) -> list[Row]:
 
 
 def _harness_rows(ctx: BenchContext) -> list[Row]:
-    m = ctx.machine()
+    m = ctx.machine("gdb")  # raw MI commands need a guest GDB has stopped
     rows = [Row("reset() back to park point", _samples(m.reset, ctx.repeat), "ms", target="<= 70 ms")]
     ctx.progress.step("reset")
     raw = _samples(lambda: _raw_mi(m, b"-data-evaluate-expression 1"), ctx.repeat * 10)
@@ -266,19 +274,61 @@ def _harness_rows(ctx: BenchContext) -> list[Row]:
         ),
         ctx.repeat * 5,
     )
-    ours = _samples(lambda: m.ata.read(0, 5, 1), ctx.repeat * 5)
-    rows.append(
+    gdb_way = _samples(lambda: m.ata.read(0, 5, 1), ctx.repeat * 5)
+    m = ctx.machine("doorbell")
+    m.ata.read(0, 5, 1)  # into the doorbell loop
+    ours = _samples(lambda: m.ata.read(0, 5, 1), ctx.repeat * 50)
+    rows += [
         Row(
-            "m.ata.read(0, lba, 1) round trip",
+            "m.ata.read(0, lba, 1), doorbell",
             ours,
+            "ms",
+            "the same call, gdb transport",
+            gdb_way,
+            "<= 0.1 ms",
+        ),
+        Row(
+            "m.ata.read(0, lba, 1), gdb transport",
+            gdb_way,
             "ms",
             "raw inferior call",
             raw_call,
             "<= 3 ms, <= 1.5x raw",
-        )
-    )
+        ),
+    ]
     ctx.progress.step("driver call")
     return rows
+
+
+def _idle_rows(ctx: BenchContext) -> list[Row]:
+    """A machine parked after its last call costs no host CPU: QEMU's, GDB's and this process's
+    CPU time over IDLE_SECONDS, as a share of one core."""
+    m = ctx.machine()
+    m.ata.read(0, 0, 1)
+    deadline = time.monotonic() + RAW_TIMEOUT
+    parking = m.symbol("doorbell") + PARKING_OFFSET
+    while m.read_memory(parking, 4) == bytes(4) and time.monotonic() < deadline:
+        time.sleep(0.001)  # the guest's idle window, then it parks by itself
+    seconds = IDLE_SECONDS / (5 if ctx.quick else 1)
+    before = _cpu_seconds(m.pids)
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    share = (_cpu_seconds(m.pids) - before) / (time.perf_counter() - t0) * 100
+    ctx.progress.step("idle machine")
+    return [
+        Row(f"idle parked machine over {seconds:g} s: CPU, QEMU+GDB+Python", share, "% core", target="<= 2%")
+    ]
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes and this one, in seconds (/proc/PID/stat)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in [*pids, os.getpid()]:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
 
 
 # (function, progress steps it reports). Append new sections here.
@@ -322,6 +372,7 @@ TIMING_SECTIONS: list[tuple[Callable[[BenchContext], list[Row]], int]] = [
     (_startup_rows, 2),
     (_harness_rows, 3),
     (_snapshot_rows, 1),
+    (_idle_rows, 1),
     (_power_loss_rows, 2),
     (_suite_rows, SUITE_STEPS),
 ]
@@ -400,39 +451,70 @@ def _guest_cell(m: Machine, mode: str, op: str, size: int, samples: int, seconds
     )
 
 
-def _end_to_end_cell(m: Machine, mode: str, op: str, size: int, samples: int) -> Throughput:
-    count = size // SECTOR
+def _end_to_end_cell(m: Machine, where: str, mode: str, op: str, size: int, samples: int) -> Throughput:
+    """Python's view: a read into one reused buffer (read_into), a write from one bytes object."""
     data = os.urandom(size)
+    into = bytearray(size)
 
     def once() -> None:
         if op == "read":
-            m.ata.read(0, 0, count, mode=mode)
+            m.ata.read_into(0, 0, into, mode=mode)
         else:
             m.ata.write(0, 0, data, mode=mode)
 
-    once()  # warm up
-    n = samples if size >= MIB else samples * 4
+    once()  # warm up (the buffer's pages too)
+    n = samples if size >= MIB else samples * 20
     ms = [_samples(once, 1) for _ in range(n)]
     med = statistics.median(ms)
-    return Throughput("end to end", mode, op, size, size / (med / 1e3) / 1e6, med * 1e3, n, 1)
+    return Throughput(where, mode, op, size, size / (med / 1e3) / 1e6, med * 1e3, n, 1)
+
+
+# (where, transport, modes) of the end-to-end columns: the gdb transport's for DMA only (PIO's
+# time is the guest's on either)
+END_TO_END = (("end to end", "doorbell", MODES), ("end to end (gdb)", "gdb", ("dma",)))
 
 
 def _throughput(ctx: BenchContext) -> None:
     m = ctx.machine()
     samples, seconds = _plan(ctx.quick)
-    for where in ("guest", "end to end"):
-        for mode in MODES:
+    for mode in MODES:
+        for op in OPS:
+            for size in SIZES:
+                ctx.report.throughput.append(_guest_cell(m, mode, op, size, samples, seconds))
+            ctx.progress.step(f"guest {mode} {op}")
+    for where, transport, modes in END_TO_END:
+        m = ctx.machine(transport)
+        for mode in modes:
             for op in OPS:
                 for size in SIZES:
-                    if where == "guest":
-                        cell = _guest_cell(m, mode, op, size, samples, seconds)
-                    else:
-                        cell = _end_to_end_cell(m, mode, op, size, samples)
-                    ctx.report.throughput.append(cell)
+                    ctx.report.throughput.append(_end_to_end_cell(m, where, mode, op, size, samples))
                 ctx.progress.step(f"{where} {mode} {op}")
+    ctx.report.rows += _overhead_rows(ctx.report.throughput)
 
 
-THROUGHPUT_STEPS = 1 + 1 + 2 * len(MODES) * len(OPS)  # armed check, breakpoint cost, cells
+def _overhead_rows(cells: list[Throughput]) -> list[Row]:
+    """Per-call overhead on each transport: the end-to-end median minus the in-guest median
+    for the same command, measured in this run (the guest's own time per command is the
+    driver's alone: its poll loop between calls is outside the timed calls)."""
+    by_key = {(c.where, c.mode, c.op, c.bytes_per_command): c for c in cells}
+    rows = []
+    for where, transport, _ in END_TO_END:
+        for op, size in (("read", 4 * KIB), ("read", MIB), ("write", MIB)):
+            guest, e2e = by_key.get(("guest", "dma", op, size)), by_key.get((where, "dma", op, size))
+            if guest is None or e2e is None:
+                continue
+            rows.append(
+                Row(
+                    f"per-call overhead, DMA {op} {size_text(size)}, {transport}",
+                    e2e.us_per_command - guest.us_per_command,
+                    "us",
+                    target="<= 20 us" if transport == "doorbell" else "",
+                )
+            )
+    return rows
+
+
+THROUGHPUT_STEPS = 1 + 1 + len(MODES) * len(OPS) + sum(len(m) * len(OPS) for _, _, m in END_TO_END)
 
 
 # --- the run -------------------------------------------------------------------------------------------
