@@ -21,11 +21,11 @@
  *  - An absent drive reads status 0x00 (real hardware floats to 0xFF): both mean "none". A
  *    CD-ROM (ATAPI) reads 0x00 after SRST too; its signature in LBA Mid/High tells it apart.
  *  - qboot leaves BAR4 = 0 and the PCI command register = 0: we assign and enable them.
- *  - With nIEN set the bus-master INTR bit never sets: DMA completion is ACTIVE clearing.
+ *  - With nIEN set the bus-master INTR bit never sets: polled DMA completion is ACTIVE clearing.
  *  - The LBA bit (0x40) in the device register is needed even for EXT commands.
  *  - An out-of-range LBA gives ABRT: we refuse it before touching a port.
  *  - A PRD table shorter than the transfer completes silently: the bus master clears ACTIVE,
- *    the drive shows 0x50, no (further) data moves, and no interrupt is raised. With nIEN set
+ *    the drive shows 0x50, no data moves, and no interrupt is raised. With nIEN set
  *    QEMU never sets INTR either, so in poll mode this looks like success. In irq mode it is
  *    the "Interrupt 0, Active 0" case of the Bus Master IDE programming interface (Intel,
  *    revision 1.0): the PRD table was smaller than the transfer; reported as ATA_ERR_DMA.

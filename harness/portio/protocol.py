@@ -195,7 +195,7 @@ _RULES = (
     Rule(
         "IRQ-1",
         "after the device's interrupt is taken, the channel's Status register is read (which clears "
-        "INTRQ) before its next command",
+        "INTRQ) before the data port is used or a register is written",
         f"{ATA6} clause 7, Status register (reading it clears a pending interrupt); clause 5, INTRQ",
         "interrupts (pic_interrupt)",
     ),
@@ -444,6 +444,10 @@ def hardware_resets(actions: Iterable[DeviceAction]) -> list[int]:
     return sorted({a.index for a in actions if a.event == "bmdma_reset"})
 
 
+# Command block registers a host writes to start the next step (IRQ-1: not before Status is read).
+_TASKFILE_OUT = frozenset({"device", "features", "count", "lba_low", "lba_mid", "lba_high", "command"})
+
+
 # --- the monitor --------------------------------------------------------------------------------
 @dataclass
 class _Command:
@@ -664,6 +668,13 @@ class Checker:
             ch.accesses += max(ev.repeat, 1)
         if reg != "data":
             ch.data_fault = False
+        if ch.irq_status_due is not None and (
+            reg == "data" or ev.direction == "out" and reg in _TASKFILE_OUT
+        ):
+            due, ch.irq_status_due = ch.irq_status_due, None
+            self._report(
+                "IRQ-1", index, ch, f"{reg} accessed, no Status read since the interrupt before #{due}"
+            )
         self._handlers[reg](index, ev, ch)
 
     def _on_status(self, index: int, ev: PortAccess, ch: _Channel) -> None:
@@ -862,10 +873,6 @@ class Checker:
 
     def _judge_interrupts(self, index: int, ch: _Channel, name: str) -> None:
         what = f"Command {name} written"
-        if ch.irq_status_due is not None:
-            self._report(
-                "IRQ-1", index, ch, f"{what}, no Status read since the interrupt before #{ch.irq_status_due}"
-            )
         if ch.irq_intr_due is not None:
             self._report(
                 "IRQ-2", index, ch, f"{what}, INTR not cleared since the interrupt before #{ch.irq_intr_due}"
@@ -877,7 +884,7 @@ class Checker:
                 ch,
                 f"{what}; the command at #{ch.irq_expected} (nIEN clear) had no interrupt taken",
             )
-        ch.irq_status_due = ch.irq_intr_due = ch.irq_expected = None
+        ch.irq_intr_due = ch.irq_expected = None
 
     def _judge_command(self, index: int, ch: _Channel, op: int, name: str) -> None:
         what = f"Command {name}"

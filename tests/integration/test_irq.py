@@ -236,7 +236,7 @@ def test_prd_table_shorter_than_the_transfer(
     disk.write_sectors(40, pattern(40, 8))
     m = machine_factory(disks=[disk], completion=completion, transport="gdb")  # a port breakpoint
     prd = m.evaluate_int("(unsigned)&prd_table")
-    assert m.ata.read(0, 40, 8) == pattern(40, 8)  # the mode in place, its address resolved
+    assert m.ata.read(0, 0, 8) == bytes(8 * SECTOR)  # the mode in place; zeros in the buffer
     with m.break_on_port("bmdma-primary", direction="out", value=0x09):  # START, device to memory
         pending = m.ata.begin_read(0, 40, 8)
         stop = m.cont()
@@ -246,7 +246,7 @@ def test_prd_table_shorter_than_the_transfer(
     m.write_memory(prd + 4, (0x80000000 | SECTOR).to_bytes(4, "little"))  # one sector of eight
     if completion == "poll":
         data = pending.finish()
-        assert data is not None and data[SECTOR:] != pattern(40, 8)[SECTOR:]
+        assert data == bytes(8 * SECTOR), "nothing moved, and the driver reported success"
         return
     with pytest.raises(AtaError) as e:
         pending.finish()

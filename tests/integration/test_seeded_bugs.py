@@ -45,6 +45,7 @@ LBA28_LIMIT = 1 << 28
 BIG_SECTORS = LBA28_LIMIT + (1 << 20)  # drive 0: sparse, past the LBA28 limit
 HELD_TIMEOUT_MS = 5
 TABLE_TIMEOUT_MS = 50  # an 8-sector DMA read takes well under 1 ms
+IRQ_TIMEOUT_MS = 200
 PRD_TABLE_BYTES = 8 * 16
 
 
@@ -113,6 +114,20 @@ def switch_drives(m: Machine, run: Run) -> None:
     """A read on the master, then one on the slave: the second selects the other device."""
     attempt(run, lambda: m.ata.read(0, 10, 1, mode="pio"))
     attempt(run, lambda: m.ata.read(1, 10, 1, mode="pio"))
+
+
+def irq_pio_then_flush(m: Machine, run: Run) -> None:
+    """irq completion: a 20-sector PIO read (two DRQ blocks, an interrupt before each), then
+    FLUSH CACHE; poll completion again afterwards. A short bound: a bug may lose an interrupt."""
+    default = m.ata.timeout_ms
+    m.ata.set_completion("irq")
+    m.ata.timeout_ms = IRQ_TIMEOUT_MS
+    try:
+        attempt(run, lambda: m.ata.read(0, 100, 20, mode="pio"))
+        attempt(run, lambda: m.ata.flush(0))
+    finally:
+        m.ata.timeout_ms = default
+        m.ata.set_completion("poll")
 
 
 def held_dma_then_read(m: Machine, run: Run) -> None:
@@ -278,6 +293,32 @@ BUGS = [
         ),
         switch_drives,
         "the task file and Command written right after selecting the other device, its status never read",
+    ),
+    Bug(
+        "irq-status-not-read",
+        "IRQ-1",
+        (
+            (
+                "\tuint8_t st = cmd_in(ch, ATA_CB_STAT);\t/* acknowledge: the drive drops INTRQ */\n",
+                "\tuint8_t st = alt_status(ch);\n",
+            ),
+        ),
+        irq_pio_then_flush,
+        "the interrupt handler reads Alternate Status, not Status: INTRQ stays asserted, the next "
+        "block's interrupt makes no new edge at the 8259 and is lost",
+    ),
+    Bug(
+        "irq-intr-not-written-back",
+        "IRQ-2",
+        (
+            (
+                "\tif (bms & BM_STATUS_INTR)\n\t\tbm_out(ch, BM_STATUS,\n\t\t       (uint8_t)((bms & "
+                "(BM_STATUS_DRV0_DMA | BM_STATUS_DRV1_DMA)) | BM_STATUS_INTR));\n",
+                "",
+            ),
+        ),
+        irq_pio_then_flush,
+        "the interrupt handler leaves the bus master's INTR set (only a DMA's own set-up clears it)",
     ),
     Bug(
         "select-while-busy",
