@@ -24,6 +24,7 @@ from harness.abi import PARKING_OFFSET, SECTOR
 from harness.ata import BenchResult
 from harness.bench.armed import PAGE, armed_check
 from harness.bench.report import (
+    COMPLETIONS,
     DISK_MIB,
     KIB,
     MIB,
@@ -434,7 +435,9 @@ def _plan(quick: bool) -> tuple[int, float]:
     return (3, 0.03) if quick else (5, 0.1)
 
 
-def _guest_cell(m: Machine, mode: str, op: str, size: int, samples: int, seconds: float) -> Throughput:
+def _guest_cell(
+    m: Machine, mode: str, op: str, size: int, samples: int, seconds: float, completion: str = "poll"
+) -> Throughput:
     count = size // SECTOR
     probe = m.ata.bench(0, op, mode, count, iterations=1)  # warm up; sizes the samples
     iterations = max(1, min(4096, int(seconds / max(probe.seconds, 1e-6))))
@@ -448,10 +451,13 @@ def _guest_cell(m: Machine, mode: str, op: str, size: int, samples: int, seconds
         statistics.median(r.us_per_command for r in runs),
         samples,
         iterations,
+        completion,
     )
 
 
-def _end_to_end_cell(m: Machine, where: str, mode: str, op: str, size: int, samples: int) -> Throughput:
+def _end_to_end_cell(
+    m: Machine, where: str, mode: str, op: str, size: int, samples: int, completion: str = "poll"
+) -> Throughput:
     """Python's view: a read into one reused buffer (read_into), a write from one bytes object."""
     data = os.urandom(size)
     into = bytearray(size)
@@ -466,29 +472,38 @@ def _end_to_end_cell(m: Machine, where: str, mode: str, op: str, size: int, samp
     n = samples if size >= MIB else samples * 20
     ms = [_samples(once, 1) for _ in range(n)]
     med = statistics.median(ms)
-    return Throughput(where, mode, op, size, size / (med / 1e3) / 1e6, med * 1e3, n, 1)
+    return Throughput(where, mode, op, size, size / (med / 1e3) / 1e6, med * 1e3, n, 1, completion)
 
 
 # (where, transport, modes) of the end-to-end columns: the gdb transport's for DMA only (PIO's
 # time is the guest's on either)
 END_TO_END = (("end to end", "doorbell", MODES), ("end to end (gdb)", "gdb", ("dma",)))
+IRQ_END_TO_END = "doorbell"  # the transport whose end-to-end cells are measured in irq mode too
 
 
 def _throughput(ctx: BenchContext) -> None:
-    m = ctx.machine()
     samples, seconds = _plan(ctx.quick)
-    for mode in MODES:
-        for op in OPS:
-            for size in SIZES:
-                ctx.report.throughput.append(_guest_cell(m, mode, op, size, samples, seconds))
-            ctx.progress.step(f"guest {mode} {op}")
-    for where, transport, modes in END_TO_END:
-        m = ctx.machine(transport)
-        for mode in modes:
+    for completion in COMPLETIONS:
+        m = ctx.machine()
+        m.ata.set_completion(completion)
+        for mode in MODES:
             for op in OPS:
                 for size in SIZES:
-                    ctx.report.throughput.append(_end_to_end_cell(m, where, mode, op, size, samples))
-                ctx.progress.step(f"{where} {mode} {op}")
+                    ctx.report.throughput.append(_guest_cell(m, mode, op, size, samples, seconds, completion))
+                ctx.progress.step(f"guest {mode} {op} {completion}")
+        m.ata.set_completion("poll")
+    for where, transport, modes in END_TO_END:
+        m = ctx.machine(transport)
+        for completion in COMPLETIONS if transport == IRQ_END_TO_END else ("poll",):
+            m.ata.set_completion(completion)
+            for mode in modes:
+                for op in OPS:
+                    for size in SIZES:
+                        ctx.report.throughput.append(
+                            _end_to_end_cell(m, where, mode, op, size, samples, completion)
+                        )
+                    ctx.progress.step(f"{where} {mode} {op} {completion}")
+            m.ata.set_completion("poll")
     ctx.report.rows += _overhead_rows(ctx.report.throughput)
 
 
@@ -496,7 +511,7 @@ def _overhead_rows(cells: list[Throughput]) -> list[Row]:
     """Per-call overhead on each transport: the end-to-end median minus the in-guest median
     for the same command, measured in this run (the guest's own time per command is the
     driver's alone: its poll loop between calls is outside the timed calls)."""
-    by_key = {(c.where, c.mode, c.op, c.bytes_per_command): c for c in cells}
+    by_key = {(c.where, c.mode, c.op, c.bytes_per_command): c for c in cells if c.completion == "poll"}
     rows = []
     for where, transport, _ in END_TO_END:
         for op, size in (("read", 4 * KIB), ("read", MIB), ("write", MIB)):
@@ -514,7 +529,12 @@ def _overhead_rows(cells: list[Throughput]) -> list[Row]:
     return rows
 
 
-THROUGHPUT_STEPS = 1 + 1 + len(MODES) * len(OPS) + sum(len(m) * len(OPS) for _, _, m in END_TO_END)
+THROUGHPUT_STEPS = (
+    1
+    + 1
+    + len(COMPLETIONS) * len(MODES) * len(OPS)
+    + sum(len(m) * len(OPS) * (len(COMPLETIONS) if t == IRQ_END_TO_END else 1) for _, t, m in END_TO_END)
+)
 
 
 # --- the run -------------------------------------------------------------------------------------------

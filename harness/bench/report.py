@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any
 
+from harness import ata
 from harness.bench.armed import ArmedCheck
 
 PACKAGE = "piix3-harness"  # the distribution whose version a report carries
@@ -17,6 +18,7 @@ SUITE_STEPS = 3  # serial, -n auto, -n auto without the protocol checker
 DISK_MIB = 96  # room for two 32 MiB commands and more: sequential LBAs wrap within it
 SIZES = (4 * KIB, 64 * KIB, MIB, 32 * MIB)  # bytes per command in the throughput table
 MODES = ("dma", "pio")
+COMPLETIONS = tuple(ata.COMPLETIONS)  # each line of the table twice: the driver polling, then on IRQ 14
 OPS = ("read", "write")
 # Linux 6.1's ata_piix (Debian 12's kernel) measured on this same QEMU 7.2 under TCG, decimal
 # MB/s: bus-master DMA (MWDMA2) with O_DIRECT reads of 4 KiB, 24 MB/s (~165 us a command, whatever
@@ -77,6 +79,7 @@ class Throughput:
     us_per_command: float  # median
     samples: int
     commands: int  # per sample
+    completion: str = "poll"  # the driver's: "poll" (nIEN set) or "irq" (it waits for IRQ 14)
 
     @property
     def linux_mb_s(self) -> float | None:
@@ -89,6 +92,8 @@ class Throughput:
 
     @property
     def target(self) -> float | None:
+        if self.completion != "poll":
+            return None  # the targets are the polled driver's; irq rows are shown beside them
         return TARGETS.get((self.where, self.mode, self.op, self.bytes_per_command))
 
     @property
@@ -182,14 +187,15 @@ def render(rows: list[Row]) -> str:
 def render_throughput(cells: list[Throughput]) -> str:
     """One line per mode, direction and size: MB/s in the guest and end to end on each transport,
     each x Linux at that size (n/a where Linux was not measured at it), with time per command."""
-    by_key = {(c.where, c.mode, c.op, c.bytes_per_command): c for c in cells}
+    by_key = {(c.where, c.mode, c.op, c.bytes_per_command, c.completion): c for c in cells}
     out = [
         "throughput, MB/s (10^6 B/s), medians; x Linux = ratio to Linux 6.1 ata_piix on this QEMU at "
         f"that size (DMA read {LINUX_MB_S['dma', 'read', 4 * KIB]:.0f} at 4 KiB, "
         f"{LINUX_MB_S['dma', 'read', MIB]:.0f} read / {LINUX_MB_S['dma', 'write', MIB]:.0f} write at "
         f"1 MiB per command; PIO {LINUX_MB_S['pio', 'read', None]:.0f}); end to end: m.ata.read_into / "
-        "m.ata.write from Python, on the doorbell and on the gdb transport",
-        f"{'':<10} {'per cmd':>8}  {'in guest':>9} {'x Linux':>8} {'us/cmd':>9}  "
+        "m.ata.write from Python, on the doorbell and on the gdb transport; irq: the driver waits in hlt "
+        "for IRQ 14 instead of polling",
+        f"{'':<14} {'per cmd':>8}  {'in guest':>9} {'x Linux':>8} {'us/cmd':>9}  "
         f"{'doorbell':>9} {'x Linux':>8} {'us/call':>9}  {'gdb':>9} {'x Linux':>8} {'us/call':>9}  target",
     ]
 
@@ -201,8 +207,8 @@ def render_throughput(cells: list[Throughput]) -> str:
 
     for mode in MODES:
         for op in OPS:
-            for size in SIZES:
-                row = [by_key.get((where, mode, op, size)) for where in WHERE]
+            for size, completion in ((s, c) for s in SIZES for c in COMPLETIONS):
+                row = [by_key.get((where, mode, op, size, completion)) for where in WHERE]
                 if not any(row):
                     continue
                 targets = [
@@ -210,11 +216,12 @@ def render_throughput(cells: list[Throughput]) -> str:
                     for c in row
                     if c is not None and c.target is not None
                 ]
-                g, small = row[0], by_key.get(("guest", mode, op, MIB))
+                g, small = row[0], by_key.get(("guest", mode, op, MIB, completion))
                 if mode == "dma" and size == 32 * MIB and g is not None and small is not None:
                     targets.append(f"guest > 1 MiB's {'ok' if g.mb_s > small.mb_s else 'MISS'}")
+                label = f"{mode.upper()} {op}" + (" irq" if completion == "irq" else "")
                 out.append(
-                    f"{mode.upper() + ' ' + op:<10} {size_text(size):>8}  "
+                    f"{label:<14} {size_text(size):>8}  "
                     + "  ".join(cell(c) for c in row)
                     + "  "
                     + "; ".join(targets)
