@@ -320,6 +320,43 @@ class _DeletePort(gdb.Command):
         gdb.write(f"deleted {len(idents)} port breakpoint(s); {len(agent.breakpoints)} instruction breakpoints remain\n")
 
 
+class _IrqState(gdb.Command):
+    """irq-state: the interrupt path: the driver's completion mode, both 8259s' mask (IMR),
+    request (IRR) and in-service (ISR) registers, and per line the counts since boot (taken,
+    spurious, lost, unclaimed; guest/irq.h). Lines with nothing to show are left out."""
+
+    def __init__(self):
+        super().__init__("irq-state", gdb.COMMAND_USER)
+
+    def invoke(self, arg, from_tty):
+        _piix3_args(arg, 0)
+        regs = _piix3_module("regs")
+        mode = _piix3_int("ata_completion")
+        names = {c.value: c.name.lower() for c in regs.Completion}
+        pic = _piix3_int("irq_pic_regs()")  # IRR master | IRR slave << 8 | ISR master << 16 | ISR slave << 24
+        imr = _piix3_int("harness_inb(0x21)") | _piix3_int("harness_inb(0xa1)") << 8
+        irr, isr = pic & 0xFFFF, pic >> 16
+        gdb.write(f"completion: {names.get(mode, mode)} (ata_completion = {mode})\n")
+        for name, shift in (("master", 0), ("slave", 8)):
+            gdb.write(
+                f"8259 {name:<6}  IMR {imr >> shift & 0xFF:#04x}  IRR {irr >> shift & 0xFF:#04x}  "
+                f"ISR {isr >> shift & 0xFF:#04x}\n"
+            )
+        gdb.write("line  masked pending in-service    taken spurious     lost unclaimed\n")
+        ide = {line: ch for ch, line in regs.IRQ_IDE.items()}
+        for line in range(regs.IRQ_LINES):
+            stats = gdb.parse_and_eval(f"irq_stats[{line}]")
+            counts = [int(stats[f]) for f in ("taken", "spurious", "lost", "unclaimed")]
+            bit = 1 << line
+            if not any(counts) and imr & bit and line not in ide:
+                continue
+            what = f"  IDE {('primary', 'secondary')[ide[line]]}" if line in ide else ""
+            gdb.write(
+                f"{line:>4}  {'yes' if imr & bit else 'no':>6} {'yes' if irr & bit else 'no':>7} "
+                f"{'yes' if isr & bit else 'no':>10} " + " ".join(f"{c:>8}" for c in counts) + what + "\n"
+            )
+
+
 _PIIX3_HELP = """piix3 commands (driver calls: from harness_ready, i.e. after piix3-park):
   piix3-park                    run to harness_ready (the park point)
   ata-drives                    drives the driver found
@@ -331,6 +368,7 @@ _PIIX3_HELP = """piix3 commands (driver calls: from harness_ready, i.e. after pi
   break-port PORT [in|out] [V]  stop on an access to PORT (e.g. break-port 0x1f7 out 0xc5)
   delete-port [N]               remove port breakpoints
   sector DRIVE LBA              hexdump one sector read through the driver
+  irq-state                     completion mode, 8259 masks/IRR/ISR, interrupt counts per line
 driver calls: call ata_identify(0, harness_xfer_buf), call ata_flush(0), ...
 `help user-defined` lists them too; `help COMMAND` explains one.
 """
@@ -353,4 +391,5 @@ _AtaIdentify()
 _PciIde()
 _BreakPort()
 _DeletePort()
+_IrqState()
 end

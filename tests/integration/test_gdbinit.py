@@ -68,7 +68,15 @@ def test_piix3_debug_session(tmp_path: Path) -> None:
         gdb = Session(child)
 
         helptext = gdb.run("piix3-help")
-        for command in ("ata-status", "ata-regs", "ata-identify", "pci-ide", "break-port", "sector"):
+        for command in (
+            "ata-status",
+            "ata-regs",
+            "ata-identify",
+            "pci-ide",
+            "break-port",
+            "sector",
+            "irq-state",
+        ):
             assert command in helptext
         user = gdb.run("help user-defined")
         assert all(f"{c} -- " in user for c in ("ata-status", "ata-identify", "pci-ide", "break-port"))
@@ -87,6 +95,19 @@ def test_piix3_debug_session(tmp_path: Path) -> None:
         pci = gdb.run("pci-ide")
         assert "8086:7010" in pci and re.search(r"command 0x0\w{3} \[IO\|[A-Z|]*MASTER", pci), pci
         assert re.search(r"BAR4 0x0000\w{4}: I/O 0x\w+\s+\(bus-master IDE", pci), pci
+
+        irq = gdb.run("irq-state")
+        assert "completion: poll (ata_completion = 0)" in irq, irq
+        assert re.search(r"8259 slave\s+IMR 0x3f", irq), irq  # every slave line masked but 14, 15
+        assert re.search(r"\n\s+14\s+no\s+no\s+no\s+0\s+0\s+0\s+0  IDE primary", irq), irq
+        gdb.run("set var ata_completion = 1")
+        gdb.run("call ata_flush(0)")  # irq completion: one interrupt taken on line 14
+        gdb.run("call irq_mask(15)")
+        irq = gdb.run("irq-state")
+        assert re.search(r"\n\s+14\s+no\s+no\s+no\s+1\s+0\s+0\s+0  IDE primary", irq), irq
+        assert re.search(r"\n\s+15\s+yes\s+no\s+no\s+0\s+0\s+0\s+0  IDE secondary", irq), irq
+        gdb.run("call irq_unmask(15)")
+        gdb.run("set var ata_completion = 0")
 
         dump = gdb.run("sector 0 5")
         assert "0x73\t0x65\t0x63\t0x74\t0x6f\t0x72" in dump, dump  # "sector"
