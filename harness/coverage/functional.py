@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from harness.ata import COMPLETIONS
 from harness.coverage.covergroup import Covergroup, Coverpoint, Cross
 from harness.portio.access import CHANNELS, PortAccess
 from harness.regs import command_name
@@ -105,10 +106,17 @@ def new_group() -> Covergroup:
             Coverpoint(
                 "reset", RESETS, "SRST (ata_reset_channel), warm (system_reset), cold (power cycle), crash"
             ),
+            Coverpoint(
+                "completion",
+                list(COMPLETIONS),
+                "commands by how the driver learnt they were done: irq when the call's stretch of the "
+                "device trace shows IRQ 14/15 taken, else poll",
+            ),
         ],
         [
             Cross("mode_x_addressing_x_direction", ("mode", "addressing", "direction")),
             Cross("drive_x_mode", ("drive", "mode")),
+            Cross("completion_x_mode", ("completion", "mode")),
         ],
         WHY,
     )
@@ -236,10 +244,13 @@ def lba_zones(lba: int, count: int, sectors: int | None) -> list[str]:
 
 
 def sample_wire(
-    group: Covergroup, record: Sequence[WireCommand | WireReset], sectors: Mapping[int, int]
+    group: Covergroup,
+    record: Sequence[WireCommand | WireReset],
+    sectors: Mapping[int, int],
+    completion: str | None = None,
 ) -> None:
     """Sample the commands and resets of one driver call's stretch of the device trace;
-    `sectors` gives each drive's size where known."""
+    `sectors` gives each drive's size where known, `completion` how the call's commands ended."""
     for item in record:
         if isinstance(item, WireReset):
             group.sample(reset="srst")
@@ -248,8 +259,10 @@ def sample_wire(
         drive = None if item.drive is None else str(item.drive)
         group.sample(command=name, drive=drive)
         if mode is None:
+            group.sample(completion=completion)
             continue
         group.sample(
+            completion=completion,
             mode=mode,
             addressing=addressing,
             direction=direction,

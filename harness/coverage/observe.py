@@ -26,8 +26,10 @@ from harness.abi import ErrorRecord, Mailbox, Op
 from harness.coverage import functional, gcov
 from harness.coverage.covergroup import Covergroup
 from harness.errors import HarnessError
-from harness.portio.access import PortAccess, PortMap
-from harness.portio.devtrace import parse_trace
+from harness.portio.access import PortMap
+from harness.portio.devtrace import DeviceRecord, parse_trace
+from harness.portio.protocol import interrupts
+from harness.regs import IRQ_IDE
 from harness.target import Target
 
 log = logging.getLogger(__name__)
@@ -231,16 +233,19 @@ class _Machine:
         self.sampler.calls += 1
         if p.trace_from is not None:
             with contextlib.suppress(*READ_ERRORS):
-                record = list(functional.wire_events(self._segment(t, p.trace_from)))
-                functional.sample_wire(group, record, self._drive_sectors(t))
+                segment = self._segment(t, p.trace_from)
+                record = list(functional.wire_events(segment.events))
+                taken = {line for _, line in interrupts(segment.actions)}
+                completion = "irq" if taken & set(IRQ_IDE.values()) else "poll"
+                functional.sample_wire(group, record, self._drive_sectors(t), completion)
 
-    def _segment(self, t: Target, start: int) -> list[PortAccess]:
+    def _segment(self, t: Target, start: int) -> DeviceRecord:
         """The call's stretch of the device trace, read line by line: data-port words (a test's
         own device_trace(data=True): 36 MB per MiB of PIO) are dropped before they are kept,
         and at most MAX_SEGMENT bytes are read, so memory stays bounded."""
         path = t.paths.trace_log if t.paths is not None else None
         if path is None:
-            return []
+            return DeviceRecord()
         lines: list[str] = []
         read = 0
         with open(path, "rb") as f:
@@ -253,7 +258,7 @@ class _Machine:
                     lines.append(raw.decode(errors="replace"))
         if self._port_map is None:
             self._port_map = PortMap()
-        return parse_trace(lines, self._port_map, fold=1).events  # only writes are sampled
+        return parse_trace(lines, self._port_map, fold=1)  # only writes and interrupts are sampled
 
     def _drive_sectors(self, t: Target) -> dict[int, int]:
         for drive, disk in t.config.disks.items():
