@@ -79,6 +79,7 @@ def pytest_configure(config: pytest.Config) -> None:
     ):
         signal.signal(signal.SIGTERM, raise_terminated)
     options.configure(config)  # --piix3-kernel/-qemu/-qemu-args/-gdb checked before any test
+    transport_choice(config)  # --piix3-transport (paired needs both firmwares) too
     config.addinivalue_line("markers", "qemu: starts real QEMU and GDB (integration test)")
     config.addinivalue_line(
         "markers",
@@ -256,6 +257,7 @@ def _keep_on_fail(item: pytest.Item) -> None:
         for m in machines:
             try:
                 assert m.qemu is not None and m.gdb is not None
+                m.target.settle()  # a guest in its doorbell loop parks first, as GDB expects
                 m.qemu.command("stop")
                 m.gdb.command("-target-disconnect")  # QEMU's gdbstub takes one GDB at a time
             except HarnessError as exc:

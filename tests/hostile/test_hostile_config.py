@@ -50,6 +50,13 @@ MACHINE_TABLE: list[tuple[str, Make, str]] = [
     ("firmware 'ovmf'", lambda d, t: Machine(disks=[d], firmware="ovmf"), "firmware"),
     ("io_error 'ignore'", lambda d, t: Machine(disks=[d], io_error="ignore"), "io_error"),
     ("data_path 'dma'", lambda d, t: Machine(disks=[d], data_path="dma"), "data_path"),
+    ("transport 'shm'", lambda d, t: Machine(disks=[d], transport="shm"), "transport"),
+    ("transport 5", lambda d, t: Machine(disks=[d], transport=5), "transport"),  # type: ignore[arg-type]
+    (
+        "doorbell without shared RAM",
+        lambda d, t: Machine(disks=[d], transport="doorbell", data_path="gdb"),
+        "data_path='shm'",
+    ),
     ("gdb with NUL", lambda d, t: Machine(disks=[d], gdb="g\0db"), "gdb"),
     ("qemu with NUL", lambda d, t: Machine(disks=[d], qemu="qemu\0"), "qemu"),
     ("qemu an int", lambda d, t: Machine(disks=[d], qemu=5), "qemu"),  # type: ignore[arg-type]

@@ -41,6 +41,8 @@ def _facts(m: Machine) -> dict[str, object]:
         "name": m.qemu.command("query-name").get("name"),
         "uuid": m.qemu.command("query-uuid").get("UUID"),
         "model": m.ata.identify(0).model,
+        "transport": m.transport,
+        "firmware": m.config.firmware,
     }}
 
 
@@ -152,6 +154,24 @@ def test_piix3_qemu_args_are_split_like_a_shell_and_reach_every_machine(tmp_path
 def test_piix3_qemu_args_refused_before_any_test(tmp_path: Path, value: str, says: str) -> None:
     done, facts = _inner(tmp_path, [f"--piix3-qemu-args={value}"])
     assert done.returncode == 4 and says in done.stderr, done.stdout + done.stderr
+    assert not facts, "no test ran"
+
+
+@pytest.mark.parametrize("transport", ["gdb", "doorbell"])
+def test_piix3_transport_reaches_every_machine(tmp_path: Path, transport: str) -> None:
+    done, facts = _inner(tmp_path, [f"--piix3-transport={transport}"])
+    _passed(done)
+    assert facts["pooled"]["transport"] == facts["fresh"]["transport"] == transport
+
+
+def test_piix3_transport_paired_runs_each_firmware_on_its_own(tmp_path: Path) -> None:
+    done, facts = _inner(tmp_path, ["--piix3-firmware=both", "--piix3-transport=paired", "-rA"])
+    assert done.returncode == 0 and "2 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "test_machines[seabios-doorbell]" in done.stdout and "test_machines[qboot-gdb]" in done.stdout
+    assert facts["fresh"]["firmware"] == "qboot" and facts["fresh"]["transport"] == "gdb"  # the last run
+    (tmp_path / "facts.json").unlink()
+    done, facts = _inner(tmp_path, ["--piix3-transport=paired"])  # one firmware: nothing to pair
+    assert done.returncode == 4 and "--piix3-firmware=both" in done.stderr, done.stdout + done.stderr
     assert not facts, "no test ran"
 
 
