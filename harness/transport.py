@@ -379,7 +379,9 @@ class Mailboxes:
         through (measured); a flush hold would catch it and hang the stop. So the guest is
         stepped off the park point first (one instruction: harness_ready's return) and they are
         put in place at that stop; the continue that follows needs no step of GDB's own."""
-        self._t.step(limit)
+        for _ in range(LOST_STEP_RETRIES):
+            if self._t.step(limit).function != PARK_SYMBOL:  # a step may not run (_untouched)
+                break
         for drive in sorted(self._arm):
             self._toggle_flush_faults(drive)
             self._armed.add(drive)
