@@ -133,8 +133,9 @@ class Mailboxes:
         point again without leaving it. QEMU 7.2 under TCG now and then answers GDB's step off
         the park breakpoint (the first thing of every continue from it) without executing the
         instruction, and GDB reports the breakpoint hit again (seen here about once in 300
-        continues; the remote log shows the step's stop with the PC unchanged). Continuing
-        again runs the request."""
+        continues once the guest ran with interrupts enabled at the park point, never in 9000
+        before; the remote log shows the step's stop with the PC unchanged). Continuing again
+        runs the request."""
         box = self._mailbox()
         return self._posted is not None and box.op == self._posted.op and box.seq == self._seq
 
