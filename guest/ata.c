@@ -250,8 +250,6 @@ static int wait_irq(int channel, int lba48, int dma)
 void ata_irq(int channel)
 {
 	struct ata_channel *ch = &channels[channel];
-	if (!ch->cmd)
-		return;
 	uint8_t st = cmd_in(ch, ATA_CB_STAT);	/* acknowledge: the drive drops INTRQ */
 	uint8_t bms = ch->bm ? bm_in(ch, BM_STATUS) : 0;
 	if (bms & BM_STATUS_INTR)

@@ -152,6 +152,12 @@ def test_masked_line_times_out_then_recovers_after_unmask_and_srst(
     assert err.status == 0x50, "the drive finished: only its interrupt went missing"
     assert SHORT_TIMEOUT_MS / 1000 <= took < 5, f"the wait was not bounded by timeout_ms: {took:.2f} s"
     assert delta(m, before) == {14: IrqCounts(0, 0, 1, 0)}
+    pic = m.call("irq_pic_regs")  # IRR master | IRR slave << 8 | ISR master << 16 | ISR slave << 24
+    assert pic is not None and pic >> 8 & 0xFF == 1 << 6, f"IRQ 14 pending in the slave's IRR: {pic:#x}"
+    imr = [m.call("harness_inb", port) for port in (0x21, 0xA1)]  # the 8259s' mask registers
+    assert imr[1] == 0x3F | 1 << 6, "the slave masks every line but 15 (and 14, masked above)"
+    m.call("irq_mask", 16)  # no such line: the guest changes nothing
+    assert [m.call("harness_inb", port) for port in (0x21, 0xA1)] == imr
     m.unmask_irq(14)
     before = m.ata.irq_counts()
     m.ata.reset_channel(0)
