@@ -68,6 +68,9 @@ class Target:
         self.boots = 0
         self.down = ""  # why the target cannot take calls (closed, a reboot failed), if so
         self.resume_hooks: list[Callable[[], None]] = []  # before every resume (port watches arm)
+        # before a request goes through the doorbell, where nothing resumes: (request, its seq,
+        # held); the mailbox still holds the call before it, finished
+        self.doorbell_hooks: list[Callable[[abi.Request, int, bool], None]] = []
         self.stop_hooks: list[Callable[[Stop], Stop]] = []  # explain a stop that is not the park
         self.device_traces = 0  # device_trace() contexts active (harness/portio/devtrace.py)
         self.boot_hooks: list[Callable[[], None]] = []  # a new QEMU is up (paused), before it runs

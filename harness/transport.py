@@ -220,6 +220,8 @@ class Mailboxes:
         addr = self._t.symbol("request")  # (a dead QEMU is noticed while waiting: _await)
         self._seq = _WORD.unpack_from(ram, addr + abi.SEQ_OFFSET)[0]
         self._posted = request
+        for hook in self._t.doorbell_hooks:
+            hook(request, self._seq, bool(self._held))
         if payload is not None:
             self._t.write_memory(request.buf, payload)
         packed = request.pack(self._seq, linger=bool(self._held))

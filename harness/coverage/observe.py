@@ -146,6 +146,7 @@ class CallSampler:
         m = _Machine(t, self)
         self._live[t] = m
         t.resume_hooks.append(m.on_resume)
+        t.doorbell_hooks.append(m.on_doorbell)
         t.ram_hooks.append(m.on_ram)
 
     def flush(self) -> None:
@@ -202,6 +203,16 @@ class _Machine:
         if box.op == Op.NONE or box.op not in OPS:
             return
         self.pending = _Pending(OPS[Op(box.op)], box.drive, box.seq, bool(box.linger), self._trace_size(t))
+
+    def on_doorbell(self, request: abi.Request, seq: int, held: bool) -> None:
+        """A call about to go through the doorbell (the guest is not resumed for it): the one
+        before it has ended, this one begins."""
+        t = self._target()
+        if t is None or t.qemu is None:
+            return
+        self.end_call()
+        if request.op in OPS:
+            self.pending = _Pending(OPS[request.op], request.drive, seq, held, self._trace_size(t))
 
     def on_ram(self, what: str) -> None:
         if what == "loaded":

@@ -15,6 +15,7 @@ import pytest
 
 from harness import AtaCode, AtaError, DiskImage, Fault, GdbError, HarnessTimeout, Machine, QemuError, procs
 from harness.abi import PARKING_OFFSET, Op, Request
+from harness.coverage.observe import CallSampler, install
 from harness.pytest_plugin import MachineFactory
 
 pytestmark = pytest.mark.qemu
@@ -176,3 +177,23 @@ def test_gdb_killed_in_the_loop_is_a_gdb_error(disk: DiskImage, tmp_path: Path) 
     finally:
         m.close(failed=False)
     assert not procs.pid_alive(qemu_pid) and not procs.pid_alive(gdb_pid)
+
+
+def test_functional_coverage_samples_every_call(
+    disk: DiskImage, tmp_path: Path, piix3_transport: str
+) -> None:
+    """The call sampler sees each call on either transport (the doorbell resumes nothing)."""
+    sampler = CallSampler()
+    remove = install(sampler.attach)
+    try:
+        with Machine(disks=[disk], artifacts_dir=tmp_path / "a", transport=piix3_transport) as m:
+            m.ata.write(0, 1, pattern(1, 1))
+            assert m.ata.read(0, 1, 1) == pattern(1, 1)
+            m.ata.flush(0)
+            with pytest.raises(AtaError) as e:
+                m.ata.read(0, m.ata.sectors(0), 1)
+            assert e.value.code is AtaCode.RANGE
+            sampler.flush()
+    finally:
+        remove()
+    assert sampler.calls == 4
