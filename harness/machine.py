@@ -104,6 +104,9 @@ class Machine:
 
     `with Machine(disks=[disk]) as m:` boots; `m.ata` calls the driver; `m.reset()`,
     `m.power_cycle()` and `m.crash()` reboot in three ways. Logs go to `m.artifacts`.
+    `transport`: "doorbell" (the default with shared RAM) keeps the guest running between
+    calls, taking them from shared RAM; "gdb" continues it from harness_ready for each call
+    (harness/transport.py).
     """
 
     def __init__(

@@ -43,7 +43,8 @@ EVENT_WAIT = 0.05  # s, to let QMP events already sent by QEMU be read
 LOST_STEP_RETRIES = 3  # continues again after a step off the park point that did not run (_untouched)
 TRANSPORTS = ("doorbell", "gdb")
 IDLE_US = 10_000  # the guest polls this long for a next request before it parks by itself
-SPIN = 0.001  # s, Python spins on the reply this long, then naps (a long call must not burn a core)
+HOT_SPIN = 0.00005  # s, Python spins on the reply this long without giving up its core (a short call)
+SPIN = 0.001  # s, then spins yielding its core this long, then naps (a long call must not burn one)
 NAP_MIN = 0.00005  # s, the first nap; each one doubles up to NAP_MAX
 NAP_MAX = 0.001  # s, also how often a long call checks that QEMU and GDB live
 _WORD = struct.Struct("<I")
@@ -265,13 +266,15 @@ class Mailboxes:
         assert ram is not None
         parking = self._t.symbol("doorbell") + abi.PARKING_OFFSET
         now = time.monotonic()
-        spin_end, deadline, nap = now + SPIN, now + limit, NAP_MIN
+        hot_end, spin_end, deadline, nap = now + HOT_SPIN, now + SPIN, now + limit, NAP_MIN
         while _WORD.unpack_from(ram, op_addr)[0] != Op.NONE:
             if _WORD.unpack_from(ram, parking)[0]:  # parked before it saw op: wake it again
                 self._t.serving = False
                 self._stopped(request, self._t.wait_stop(PARK_TIMEOUT, f"stop at {PARK_SYMBOL}"))
                 continue
             now = time.monotonic()
+            if now < hot_end:
+                continue
             if now < spin_end:
                 # QEMU's own threads (the block layer's workers, its main loop) must run for a
                 # DMA to finish: a spin that never gives up the core starves them on a small host
