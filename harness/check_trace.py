@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         rec.events,
         hardware_resets=resets,
         strict_timing=args.strict_timing,
-        interrupts=interrupts(rec.actions),
+        interrupts=interrupts(rec.actions) or None,  # none: pic_interrupt may not have been traced
     )
     origin = origin_of(rec.events)
     stamped = sum(e.time_us is not None for e in rec.events)

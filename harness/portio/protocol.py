@@ -559,6 +559,7 @@ class Checker:
         self.violations: list[Violation] = []
         self.events: list[PortAccess] = []
         self.starts = 0
+        self.irq_known = False  # the record shows every interrupt taken (IRQ-3 can be judged)
         self._handlers: dict[str, Callable[[int, PortAccess, _Channel], None]] = {
             "status": self._on_status,
             "altstatus": self._on_altstatus,
@@ -856,7 +857,7 @@ class Checker:
         ch.pending_dma = cmd if cmd.dma else None
         if not cmd.dma and ch.nien is not True:
             ch.bm_dirty[BM_INTR] = True  # its interrupt may set the bus-master INTR bit
-        if ch.nien is False and cmd.kind != "unknown":
+        if self.irq_known and ch.nien is False and cmd.kind != "unknown":
             ch.irq_expected = index
 
     # --- interrupts ----------------------------------------------------------------------------
@@ -1157,7 +1158,7 @@ def check(
     strict_timing: bool = False,
     stamp_resolution_us: float = 1.0,
     context: int = 3,
-    interrupts: Iterable[tuple[int, int]] = (),
+    interrupts: Iterable[tuple[int, int]] | None = None,
 ) -> list[Violation]:
     """Check a record of port accesses (either side, raw or normalized) against the rules.
     The record must hold every access to the IDE ports (a driver-side watch of all of them, as
@@ -1171,7 +1172,8 @@ def check(
     access and under 1 µs between them, is not trusted (see the module doc).
     stamp_resolution_us: how coarse the timestamps are. context: accesses shown before the
     offending one. interrupts: (event index, line) of each interrupt the CPU took before that
-    event (see interrupts() for a parsed QEMU trace); without them the IRQ rules judge nothing."""
+    event (see interrupts() for a parsed QEMU trace), from a record that shows every interrupt
+    taken; None (the record cannot show them): the IRQ rules judge nothing."""
     checker = Checker(
         port_map=port_map,
         prd_tables=prd_tables,
@@ -1180,7 +1182,8 @@ def check(
         context=context,
     )
     resets = sorted(set(hardware_resets))
-    taken = sorted(interrupts)
+    checker.irq_known = interrupts is not None
+    taken = sorted(interrupts or ())
     for index, ev in enumerate(events):
         while resets and resets[0] <= index:
             resets.pop(0)

@@ -82,6 +82,9 @@ def machine_factory(
         out = base / f"machine{len(made)}"
         shutil.rmtree(out, ignore_errors=True)
         kwargs.setdefault("firmware", piix3_firmware)
+        pinned = options.completion_marker(request.node)
+        if pinned is not None:
+            kwargs.setdefault("completion", pinned)
         if kwargs.get("data_path", "shm") == "shm":  # the doorbell needs shared RAM
             kwargs.setdefault("transport", piix3_transport)
         m = Machine(disks=disks, artifacts_dir=out, **options.machine_kwargs(request.config, kwargs))
@@ -134,6 +137,9 @@ def machine(
         return
     pool: SnapshotPool = request.getfixturevalue("piix3_snapshot_pool")
     m = pool.get(piix3_firmware, piix3_transport)
+    pinned = options.completion_marker(request.node)
+    if pinned is not None:
+        m.ata.set_completion(pinned)
     protocol.watch(request.node, m)
     request.node.stash.setdefault(state.MACHINES, []).append(m)
     logs = m.artifacts

@@ -95,6 +95,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "piix3_fresh: the `machine` fixture boots a fresh QEMU on a raw image instead of a snapshot",
     )
+    config.addinivalue_line(
+        "markers",
+        "piix3_completion(mode): the fixtures' machines use this completion ('poll' or 'irq') "
+        "whatever --piix3-completion says (a test of one mode's exact port sequence)",
+    )
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

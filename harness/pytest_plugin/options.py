@@ -140,6 +140,19 @@ def configure(config: pytest.Config) -> None:
     config.stash[MACHINE_OPTIONS] = resolve(config)
 
 
+def completion_marker(item: pytest.Item) -> str | None:
+    """The completion a test pins with @pytest.mark.piix3_completion("poll"|"irq"), if any."""
+    marker = item.get_closest_marker("piix3_completion")
+    if marker is None:
+        return None
+    mode = marker.args[0] if marker.args else marker.kwargs.get("mode")
+    problem = completion_problem(mode)
+    if problem:
+        raise pytest.UsageError(f"{item.nodeid}: piix3_completion marker: {problem}")
+    assert isinstance(mode, str)
+    return mode
+
+
 def machine_kwargs(config: pytest.Config, given: Mapping[str, Any]) -> dict[str, Any]:
     """A test's Machine keywords with the session's options added: a keyword the test gives
     itself wins; extra QEMU arguments go after the test's own."""

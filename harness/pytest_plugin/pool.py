@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from harness.ata import DEFAULT_COMPLETION
 from harness.disk import DiskImage
 from harness.errors import HarnessError
 from harness.machine import CALL_TIMEOUT, SNAPSHOT_MEMORY_MIB, Machine
@@ -33,6 +34,9 @@ class SnapshotPool:
                 m.restore_snapshot()
                 m.clear_debug_state()  # loadvm leaves GDB's breakpoints alone
                 m.call_timeout = CALL_TIMEOUT
+                m.ata.set_completion(
+                    self.machine_options.get("completion", DEFAULT_COMPLETION)
+                )  # a test may change it
                 m.failed = False
                 m.console.clear()  # the last test's output is not this one's
                 return m

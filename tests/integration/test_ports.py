@@ -96,6 +96,7 @@ def test_every_port_instruction_in_the_kernel_is_found(machine: Machine) -> None
     assert reps and all(s["entry"] == s["addr"] - 1 for s in reps), "rep ins/outs are entered at their cld"
 
 
+@pytest.mark.piix3_completion("poll")  # the polled driver's exact port sequence
 def test_identify_sequence(machine: Machine) -> None:
     m = machine
     events, actions = recorded(m, lambda: m.ata.identify(0))
@@ -163,6 +164,7 @@ def test_pio_read_and_write_sequences(machine: Machine, disk: DiskImage) -> None
         assert disk.read_sectors(lba, count) == pattern(lba + 1, count)
 
 
+@pytest.mark.piix3_completion("poll")  # the polled driver's exact port sequence
 def test_flush_sequence(machine: Machine) -> None:
     m = machine
     command = 0xEA if m.ata.identify(0).flush_cache_ext else 0xE7
@@ -175,6 +177,7 @@ def test_flush_sequence(machine: Machine) -> None:
     ]
 
 
+@pytest.mark.piix3_completion("poll")  # the polled driver's exact port sequence
 @pytest.mark.parametrize("direction", ["write", "read"])
 def test_dma_sequence(machine: Machine, disk: DiskImage, direction: str) -> None:
     """The bus master: stop, clear ERR|INTR, PRD table address, direction; then the command,
@@ -260,6 +263,7 @@ def test_port_breakpoint_stops_once_per_pio_write(machine: Machine) -> None:
             assert m.ata.read(0, lba, len(data) // SECTOR) == data
 
 
+@pytest.mark.piix3_completion("poll")  # one Status read per FLUSH (irq: the handler's too)
 def test_port_breakpoint_on_a_read_reports_the_value(machine: Machine) -> None:
     m = machine
     with m.break_on_port("primary", direction="in") as bp:
@@ -327,6 +331,7 @@ def test_no_breakpoint_remains_after_the_watch(machine: Machine) -> None:
     m.ata.write(0, 1, pattern(8, 1), mode="pio")  # and the guest runs as before
 
 
+@pytest.mark.piix3_completion("poll")  # the polled driver's exact port sequence
 def test_watch_filters_ports_and_nests(machine: Machine) -> None:
     m = machine
     with m.watch_ports("primary-ctrl") as ctrl, m.watch_ports(0x1F7) as cmd:
@@ -395,6 +400,7 @@ def test_device_trace_spans_reboots(machine_factory: MachineFactory, disk: DiskI
     assert dev2.resets == [] and sum("FLUSH CACHE" in e.decoded for e in dev2.events) == 1
 
 
+@pytest.mark.piix3_completion("poll")  # the polled driver's exact port sequence
 def test_a_recording_failure_is_reported_not_hidden(machine: Machine) -> None:
     """A breakpoint hit the agent could not record lets the guest go on, and the watch says
     the record is incomplete instead of returning a silently short one."""

@@ -826,6 +826,12 @@ def test_prd_rules(rule: str, title: str, bad: PrdTable, good: PrdTable) -> None
     assert check(events, prd_tables=[None]) == []
 
 
+def test_without_a_record_of_interrupts_the_irq_rules_judge_nothing() -> None:
+    polled_with_nien_clear = Rec().devctl(0x00).issue(0xE7).done().issue(0xE7).events
+    assert check(polled_with_nien_clear) == []
+    assert _ids(check(polled_with_nien_clear, interrupts=[])) == {"IRQ-3"}
+
+
 def test_every_rule_is_tested_both_ways() -> None:
     tested = {c[0] for c in CASES} | {c[0] for c in PRD_CASES}
     assert tested == set(RULES)
