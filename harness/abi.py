@@ -84,6 +84,7 @@ def offset_of(record: type[Record], name: str) -> int:
 LINGER_OFFSET = offset_of(Mailbox, "linger")
 OP_OFFSET = offset_of(Mailbox, "op")  # the doorbell: written after every other field
 SEQ_OFFSET = offset_of(Mailbox, "seq")
+RESULT_OFFSET = offset_of(Mailbox, "result")
 
 
 @dataclass(frozen=True)

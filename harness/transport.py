@@ -48,6 +48,7 @@ SPIN = 0.001  # s, then spins yielding its core this long, then naps (a long cal
 NAP_MIN = 0.00005  # s, the first nap; each one doubles up to NAP_MAX
 NAP_MAX = 0.001  # s, also how often a long call checks that QEMU and GDB live
 _WORD = struct.Struct("<I")
+_RESULT = struct.Struct("<i")
 
 
 class Mailboxes:
@@ -242,9 +243,9 @@ class Mailboxes:
             raise
         if self._held:
             self._let_holds_go()
-        box = self._mailbox()
-        if box.done_after(self._seq):
-            return box.result
+        # op is clear: the result and seq are final (the dispatcher writes op last)
+        if _WORD.unpack_from(ram, addr + abi.SEQ_OFFSET)[0] == (self._seq + 1) & abi.U32:
+            return int(_RESULT.unpack_from(ram, addr + abi.RESULT_OFFSET)[0])
         if self._t.serving:
             # op cleared by a reboot (a triple fault resets the machine): the guest is on its
             # way back to harness_ready; take that stop, then say what happened
