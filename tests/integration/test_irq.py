@@ -155,6 +155,9 @@ def test_masked_line_times_out_then_recovers_after_unmask_and_srst(
     pic = m.call("irq_pic_regs")  # IRR master | IRR slave << 8 | ISR master << 16 | ISR slave << 24
     assert pic is not None and pic >> 8 & 0xFF == 1 << 6, f"IRQ 14 pending in the slave's IRR: {pic:#x}"
     imr = [m.call("harness_inb", port) for port in (0x21, 0xA1)]  # the 8259s' mask registers
+    assert imr[0] == 0xFF & ~(1 << 2), (
+        "the master masks every line but the cascade (the tick: only in a wait)"
+    )
     assert imr[1] == 0x3F | 1 << 6, "the slave masks every line but 15 (and 14, masked above)"
     m.call("irq_mask", 16)  # no such line: the guest changes nothing
     assert [m.call("harness_inb", port) for port in (0x21, 0xA1)] == imr
