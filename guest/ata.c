@@ -65,8 +65,8 @@ static volatile struct {
 	uint8_t waiting;	/* a command is in flight on the channel: its interrupts are claimed */
 	uint8_t dma;		/* ... a DMA command: its one interrupt comes with the bus master's INTR */
 	uint8_t claimed;	/* an interrupt came with the drive not busy; consumed by wait_irq */
-	uint8_t status;		/* the Status the handler read */
-	uint8_t bm_status;	/* the bus master's Status the handler read (before INTR went back) */
+	uint8_t status;		/* the Status the handler read (for GDB: the driver reads again) */
+	uint8_t bm_status;	/* the bus master's Status it read, before INTR went back (ditto) */
 } chan_irq[2];
 static uint8_t engine_left_running[2];	/* a DMA timed out with START set on this channel */
 static int probing;	/* detection in progress: a missing drive is no error worth logging */
@@ -219,7 +219,7 @@ static void arm_irq(int channel, int dma)
    interrupt announced as in poll mode. For DMA, the bus master going inactive without INTR
    while the drive is not busy is an underrun (see the top): no interrupt is coming. Poll
    completion: nothing to wait for here. */
-static int wait_irq(int channel, int lba48, int dma)
+static int wait_irq(int channel, int lba48)
 {
 	struct ata_channel *ch = &channels[channel];
 	if (ch->dc & ATA_CB_DC_NIEN)
@@ -228,7 +228,7 @@ static int wait_irq(int channel, int lba48, int dma)
 	int rc = ATA_OK;
 	irq_tick(1);
 	while (!chan_irq[channel].claimed) {
-		if (dma && !(bm_in(ch, BM_STATUS) & (BM_STATUS_ACTIVE | BM_STATUS_INTR)) &&
+		if (chan_irq[channel].dma && !(bm_in(ch, BM_STATUS) & (BM_STATUS_ACTIVE | BM_STATUS_INTR)) &&
 		    !(alt_status(ch) & ATA_CB_STAT_BSY)) {
 			kprintf("ata: channel %d: bus master inactive without INTR: PRD table shorter "
 				"than the transfer\n", channel);
@@ -334,7 +334,7 @@ static int nondata(int drive, uint8_t command, uint8_t feature, uint32_t count)
 	int rc = send_cmd(drive, &tf);
 	if (rc)
 		return rc;
-	rc = wait_irq(drive >> 1, 0, 0);
+	rc = wait_irq(drive >> 1, 0);
 	if (rc)
 		return rc;
 	rc = wait_ready(ch, ATA_PHASE_COMPLETE, 0);
@@ -410,7 +410,7 @@ static int pio_xfer(int drive, uint64_t lba, uint32_t count, uint8_t *buf, int w
 	for (uint32_t done = 0; done < count;) {
 		uint32_t n = count - done < block ? count - done : block;
 		if (!writing || done) {	/* data-out: no interrupt before the first block */
-			rc = wait_irq(drive >> 1, lba48, 0);
+			rc = wait_irq(drive >> 1, lba48);
 			if (rc)
 				return rc;
 		}
@@ -425,7 +425,7 @@ static int pio_xfer(int drive, uint64_t lba, uint32_t count, uint8_t *buf, int w
 		done += n;
 	}
 	if (writing) {	/* data-in: no interrupt after the last block */
-		rc = wait_irq(drive >> 1, lba48, 0);
+		rc = wait_irq(drive >> 1, lba48);
 		if (rc)
 			return rc;
 	}
@@ -479,7 +479,7 @@ static int dma_xfer(int drive, uint64_t lba, uint32_t count, uint8_t *buf, int w
 		return rc;
 	bm_out(ch, BM_CMD, (uint8_t)(dir | BM_CMD_START));
 	uint64_t deadline = deadline_after_us(timeout_us());
-	rc = wait_irq(drive >> 1, lba48, 1);
+	rc = wait_irq(drive >> 1, lba48);
 	if (rc) {
 		engine_left_running[drive >> 1] = 1;	/* as after the polled timeout below */
 		return rc;
@@ -540,7 +540,7 @@ static int identify_into(int drive, uint16_t *buf)
 	int rc = send_cmd(drive, &tf);
 	if (rc)
 		return rc;
-	rc = wait_irq(drive >> 1, 0, 0);
+	rc = wait_irq(drive >> 1, 0);
 	if (rc)
 		return rc;
 	rc = wait_drq(ch, 0);
