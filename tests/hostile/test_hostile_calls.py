@@ -94,6 +94,8 @@ ATA_TABLE: list[tuple[str, Call, AtaCode, str]] = [
     ("bench iterations 0", lambda m: m.ata.bench(0, iterations=0), AtaCode.INVAL, "iterations"),
     ("bench op 'erase'", lambda m: m.ata.bench(0, op="erase"), AtaCode.INVAL, "op"),
     ("present 2**32", lambda m: m.ata.present(2**32), AtaCode.INVAL, "drive"),
+    ("set_completion 'IRQ'", lambda m: m.ata.set_completion("IRQ"), AtaCode.INVAL, "completion"),
+    ("set_completion None", lambda m: m.ata.set_completion(None), AtaCode.INVAL, "completion"),  # type: ignore[arg-type]
 ]
 
 
@@ -130,6 +132,10 @@ USAGE_TABLE: list[tuple[str, Call, type[HarnessError], str]] = [
     ("cont timeout -1", lambda m: m.cont(timeout=-1), UsageError, "timeout"),
     ("call a non-identifier", lambda m: m.call("ata_flush(0); ata_init"), UsageError, "function"),
     ("call with a str argument", lambda m: m.call("ata_flush", "0"), UsageError, "argument"),  # type: ignore[arg-type]
+    ("mask_irq 16", lambda m: m.mask_irq(16), UsageError, "line"),
+    ("mask_irq 2**32+14 (wraps to 14)", lambda m: m.mask_irq(2**32 + 14), UsageError, "line"),
+    ("unmask_irq True", lambda m: m.unmask_irq(True), UsageError, "line"),
+    ("unmask_irq '15'", lambda m: m.unmask_irq("15"), UsageError, "line"),  # type: ignore[arg-type]
 ]
 
 
