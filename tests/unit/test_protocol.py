@@ -49,6 +49,7 @@ from harness.portio.protocol import (
     Violation,
     check,
     hardware_resets,
+    interrupts,
     origin_of,
     render_json,
     render_text,
@@ -830,6 +831,23 @@ def test_without_a_record_of_interrupts_the_irq_rules_judge_nothing() -> None:
     polled_with_nien_clear = Rec().devctl(0x00).issue(0xE7).done().issue(0xE7).events
     assert check(polled_with_nien_clear) == []
     assert _ids(check(polled_with_nien_clear, interrupts=[])) == {"IRQ-3"}
+
+
+def test_qemu_interrupt_lines_become_interrupts_at_their_place_in_the_record() -> None:
+    """pic_interrupt lines (QEMU 7.2's format) are actions between port events; interrupts()
+    gives (index of the next event, line), IRQ 0 included, other events ignored."""
+    stamp = "9312@1795877730.3682{:02d}:"
+    lines = [
+        "ide_ioport_read IDE PIO rd @ 0x1f7 (Status); val 0x50; bus 0x1 IDEState 0x2",
+        "pic_interrupt irq 14 intno 46",
+        "pic_interrupt irq 0 intno 32",
+        "ide_ioport_write IDE PIO wr @ 0x1f6 (Device/Head); val 0xa0; bus 0x1 IDEState 0x2",
+        "pic_interrupt irq 15 intno 47",
+        "ide_exec_cmd IDE exec cmd: bus 0x1; state 0x2; cmd 0xe7",
+    ]
+    rec = parse_trace([stamp.format(i) + line for i, line in enumerate(lines)])
+    assert len(rec.events) == 2
+    assert interrupts(rec.actions) == [(1, 14), (1, 0), (2, 15)]
 
 
 def test_every_rule_is_tested_both_ways() -> None:
