@@ -71,3 +71,32 @@ def ensure(path: Path) -> None:
     """Create the file if missing, refuse it if it is a link or not a regular file: for files
     another process (QEMU) will open by name."""
     os.close(_open_fd(path, append=True))
+
+
+KEPT_LOG_BYTES = 256 << 20  # a kept log larger than this keeps its beginning and its end
+
+
+def shrink(path: Path, keep: int = KEPT_LOG_BYTES) -> int:
+    """Cut a kept log larger than `keep` bytes to its first and last keep/2 bytes, with a line
+    between saying how much went; returns the bytes cut. QEMU's trace of a driver stuck
+    polling until its call times out reaches gigabytes, and a failed test keeps its logs."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return 0
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size <= keep:
+            return 0
+        half = keep // 2
+        head = f.read(half)
+        f.seek(st.st_size - half)
+        tail = f.read(half)
+    cut = st.st_size - len(head) - len(tail)
+    part = path.with_name(path.name + ".part")
+    with open_binary_log(part, append=False) as out:
+        out.write(head)
+        out.write(f"\n[piix3-harness: {cut} bytes of this log cut here, to keep its size bounded]\n".encode())
+        out.write(tail)
+    os.replace(part, path)
+    return cut

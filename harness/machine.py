@@ -37,7 +37,7 @@ from harness.powerloss import (
     check_unflushed,
     write_cache_map,
 )
-from harness.qemu import QEMU_BINARY, QemuConfig, QemuPaths, QemuProcess
+from harness.qemu import QEMU_BINARY, TRACE_LOG_NAME, QemuConfig, QemuPaths, QemuProcess
 from harness.regs import IRQ_LINES
 from harness.stops import Stop
 from harness.target import PARK_SYMBOL, Target
@@ -321,6 +321,8 @@ class Machine:
             self.rundir = None
             keep = self.keep_artifacts if self.keep_artifacts is not None else self.failed
             if keep:  # a warning when kept because something failed; asked-for logs are no news
+                if self.artifacts is not None:
+                    artifacts.shrink(self.artifacts / TRACE_LOG_NAME)
                 log.log(
                     logging.WARNING if self.failed else logging.INFO,
                     "machine artifacts kept in %s",

@@ -17,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 # (IF clear) leaves no line.
 INTERRUPT_EVENT = "pic_interrupt"
 TRACE_PATTERNS = ("ide_*", "bmdma_*", INTERRUPT_EVENT)  # QMP trace-event-set-state names (globs allowed)
+# Bytes of log a record reads per QEMU: ordinary tests log kilobytes to a few MB; a driver stuck
+# polling logs hundreds of MB a second until its call times out (a mutant once took 23 GB).
+RECORD_LIMIT = 256 << 20
 # QEMU logs every data-port word as its own event (2048 lines per 8 KiB PIO block, 36 MB per MiB):
 # a record kept all the time leaves them out, and with them the rules that count data words.
 DATA_EVENTS = ("ide_data_*",)
@@ -262,9 +266,10 @@ class DeviceTrace(Recorder):
         self.events: list[PortAccess] = []
         self.actions: list[DeviceAction] = []
         self.unparsed: list[str] = []
-        self.lines: list[str] = []
         self.resets: list[int] = []  # event indices where a new QEMU process began
-        self._segments: list[list[str]] = []  # the lines of each QEMU that has gone
+        self.limit = RECORD_LIMIT  # bytes of log read per QEMU; past it the record is cut
+        self.truncated = 0  # bytes of log left unread because of the limit (0: none)
+        self._segments: list[DeviceRecord] = []  # what each QEMU that has gone logged
         self._offset: int | None = None
 
     @property
@@ -287,18 +292,46 @@ class DeviceTrace(Recorder):
             for pattern in self.exclude:
                 qemu.command("trace-event-set-state", name=pattern, enable=False)
 
-    def _read_from(self, offset: int) -> list[str]:
+    def _parse_from(self, offset: int) -> DeviceRecord:
+        """The log from offset on, parsed as it is read, line by line: a driver stuck in a loop
+        logs hundreds of MB a second until the call's timeout, and reading that whole would
+        take more memory than the machine has. At most `limit` bytes are read; what lies
+        beyond is counted in `truncated` (and a warning says so)."""
+        pmap = self._port_map()
         try:
-            with open(self.path, "rb") as f:
-                f.seek(offset)
-                return f.read().decode(errors="replace").splitlines()
+            f = open(self.path, "rb")  # noqa: SIM115 (read by the generator below, closed after)
         except FileNotFoundError:
-            return []
+            return DeviceRecord()
+        with f:
+            f.seek(offset)
+            end = os.fstat(f.fileno()).st_size
+            budget = self.limit
+
+            def lines() -> Iterator[str]:
+                nonlocal budget
+                for raw in f:
+                    budget -= len(raw)
+                    if budget < 0:
+                        return
+                    yield raw.decode(errors="replace")
+
+            rec = parse_trace(lines(), pmap, self.fold)
+            if budget < 0:
+                cut = max(end - offset - self.limit, 0)
+                self.truncated += cut
+                log.warning(
+                    "device trace %s: %d MB of log past the first %d MB left unread (a driver "
+                    "stuck polling?); the record ends there",
+                    self.path,
+                    cut >> 20,
+                    self.limit >> 20,
+                )
+        return rec
 
     def _qemu_gone(self) -> None:
         """Keep what the QEMU that went logged: the next one starts the log afresh."""
         if self._offset is not None:
-            self._segments.append(self._read_from(self._offset))
+            self._segments.append(self._parse_from(self._offset))
             self._offset = 0
 
     def _qemu_up(self) -> None:
@@ -336,15 +369,13 @@ class DeviceTrace(Recorder):
             if self._m.device_traces == 0:
                 with contextlib.suppress(HarnessError):  # a QEMU that died logged what it could
                     self._set(False)
-            segments = [*segments, self._read_from(offset)]
-        pmap = self._port_map()
-        self.lines, self.events, self.actions, self.unparsed, self.resets = [], [], [], [], []
-        for number, lines in enumerate(segments):
+            segments = [*segments, self._parse_from(offset)]
+        self._segments = []
+        self.events, self.actions, self.unparsed, self.resets = [], [], [], []
+        for number, rec in enumerate(segments):
             if number:
                 self.resets.append(len(self.events))
-            rec = parse_trace(lines, pmap, self.fold)
             base = len(self.events)
-            self.lines += lines
             self.events += rec.events
             self.actions += [dataclasses.replace(a, index=a.index + base) for a in rec.actions]
             self.unparsed += rec.unparsed

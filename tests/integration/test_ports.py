@@ -400,6 +400,28 @@ def test_device_trace_spans_reboots(machine_factory: MachineFactory, disk: DiskI
     assert dev2.resets == [] and sum("FLUSH CACHE" in e.decoded for e in dev2.events) == 1
 
 
+def test_a_device_record_reads_at_most_its_limit(
+    machine_factory: MachineFactory, disk: DiskImage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A driver stuck polling logs hundreds of MB a second until its call times out: a record
+    reads at most `limit` bytes of each QEMU's log (the one that went at a power cycle, and the
+    one running) and says how much it left, instead of reading it all (a mutant's stuck loop
+    once made a pytest worker take 23 GB and be killed)."""
+    m = machine_factory(disks=[disk])
+    with m.device_trace() as whole:
+        m.ata.read(0, 0, 16, mode="pio")
+    with m.device_trace() as cut:
+        cut.limit = 2048
+        m.ata.read(0, 0, 16, mode="pio")
+        m.power_cycle()
+        m.ata.read(0, 0, 16, mode="pio")
+    assert whole.truncated == 0
+    assert cut.truncated > 2 * 16 * 256 * 60, "both logs were cut (16 sectors of data words each)"
+    assert len(cut.resets) == 1 and 0 < cut.resets[0] < len(cut.events) < len(whole.events)
+    assert cut.events[0].key() == whole.events[0].key(), "the record is the log's beginning"
+    assert caplog.text.count("left unread") == 2
+
+
 @pytest.mark.piix3_completion("poll")  # the polled driver's exact port sequence
 def test_a_recording_failure_is_reported_not_hidden(machine: Machine) -> None:
     """A breakpoint hit the agent could not record lets the guest go on, and the watch says
