@@ -408,6 +408,7 @@ def test_a_device_record_reads_at_most_its_limit(
     one running) and says how much it left, instead of reading it all (a mutant's stuck loop
     once made a pytest worker take 23 GB and be killed)."""
     m = machine_factory(disks=[disk])
+    m.ata.read(0, 0, 16, mode="pio")  # the first command sets the channel's nIEN for its mode
     with m.device_trace() as whole:
         m.ata.read(0, 0, 16, mode="pio")
     with m.device_trace() as cut:
