@@ -8,6 +8,7 @@ all sections, booted on first use) or start machines of its own on `ctx.disk`.""
 
 from __future__ import annotations
 
+import itertools
 import os
 import select
 import statistics
@@ -458,15 +459,18 @@ def _guest_cell(
 def _end_to_end_cell(
     m: Machine, where: str, mode: str, op: str, size: int, samples: int, completion: str = "poll"
 ) -> Throughput:
-    """Python's view: a read into one reused buffer (read_into), a write from one bytes object."""
+    """Python's view: a read into one reused buffer (read_into), a write from one bytes object,
+    at sequential LBAs wrapping at the end of the disk, as the in-guest cells walk them."""
     data = os.urandom(size)
     into = bytearray(size)
+    count, sectors = size // SECTOR, DISK_MIB * MIB // SECTOR
+    lbas = itertools.cycle(range(0, sectors - count + 1, count))
 
     def once() -> None:
         if op == "read":
-            m.ata.read_into(0, 0, into, mode=mode)
+            m.ata.read_into(0, next(lbas), into, mode=mode)
         else:
-            m.ata.write(0, 0, data, mode=mode)
+            m.ata.write(0, next(lbas), data, mode=mode)
 
     once()  # warm up (the buffer's pages too)
     n = samples if size >= MIB else samples * 20
