@@ -46,10 +46,6 @@ SYMBOLS = {
 TARGET_HOOKS: list[Callable[[Target], None]] = []
 
 
-LOST_STEP_RETRIES = 3  # continues again after a step off a breakpoint that did not run
-GENERAL_REGISTERS = "0 1 2 3 4 5 6 7 8 9"  # i386: eax ecx edx ebx esp ebp esi edi eip eflags
-
-
 class Target:
     """QEMU (started paused) and GDB attached to it, stopped at harness_ready once booted.
 
@@ -66,7 +62,6 @@ class Target:
         self.qemu: QemuProcess | None = None
         self.gdb: GdbMi | None = None
         self.parked = False  # at harness_ready with no posted request still to run
-        self.stopped_at: int | None = None  # the breakpoint address run() last stopped at off the park
         # continued into the doorbell loop (serve()), its stop at harness_ready not yet taken:
         # the guest takes requests from shared RAM, or has parked by itself after idling
         self.serving = False
@@ -307,46 +302,11 @@ class Target:
         return stop
 
     def run(self, limit: float) -> Stop:
-        """Resume and wait for the next stop; HarnessTimeout (the guest still running) after limit.
-
-        QEMU 7.2 under TCG now and then answers GDB's step off a breakpoint (the first thing of
-        a continue from one) without executing the instruction; GDB then reports the same
-        breakpoint hit again. Off the park point (a port breakpoint, a user's) that would be a
-        second stop, and a second recorded access, for one instruction: a stop at the same
-        address with every register unchanged is such a non-step, and the guest is continued
-        again (a real second hit has run the code in between, which leaves some register
-        changed: a loop counter, the TSC read of a deadline)."""
-        before = self._breakpoint_state() if not self.parked and self.stopped_at is not None else None
-        for _ in range(LOST_STEP_RETRIES + 1):
-            self.resume()
-            rec = self.wait_stop(limit, "stop")
-            if before is None or not self._same_state(rec, before):
-                break
-            log.info("a continue from %#x did not run its first instruction; continuing again", before[0])
-        stop = self.stop_of(rec)
+        """Resume and wait for the next stop; HarnessTimeout (the guest still running) after limit."""
+        self.resume()
+        stop = self.stop_of(self.wait_stop(limit, "stop"))
         self.parked = stop.parked
-        self.stopped_at = None if stop.parked else stop.address
         return stop
-
-    def _breakpoint_state(self) -> tuple[int, tuple[str, ...]]:
-        """(address, general registers and flags) where the guest is stopped."""
-        assert self.stopped_at is not None
-        return self.stopped_at, self._registers()
-
-    def _registers(self) -> tuple[str, ...]:
-        gdb, qemu = self.live()
-        res = gdb.command(f"-data-list-register-values x {GENERAL_REGISTERS}", alive=qemu.check_alive)
-        values = res.payload.get("register-values") or []
-        return tuple(str(r.get("value")) for r in values if isinstance(r, dict))
-
-    def _same_state(self, rec: MiRecord, before: tuple[int, tuple[str, ...]]) -> bool:
-        payload = rec.payload if isinstance(rec.payload, dict) else {}
-        frame = payload.get("frame") or {}
-        if payload.get("reason") != "breakpoint-hit" or not isinstance(frame, dict):
-            return False
-        if int(str(frame.get("addr", "0")), 16) != before[0]:
-            return False
-        return self._registers() == before[1]
 
     def step(self, limit: float) -> Stop:
         """Run the guest for one instruction (a VM stop of its own, like any other)."""

@@ -27,7 +27,7 @@ from harness.errors import ConfigError, GdbError, HarnessError, HarnessTimeout, 
 from harness.faults import ARM_FAILS_WITH, ARM_REQUEST, flush_fault_drives
 from harness.gdbmi import MiRecord, is_stopped
 from harness.stops import Stop
-from harness.target import LOST_STEP_RETRIES, PARK_SYMBOL, PARK_TIMEOUT, Target
+from harness.target import PARK_SYMBOL, PARK_TIMEOUT, Target
 
 # blkdebug events. A flush fires flush_to_os on entering the drive's format node even when it
 # finds nothing to write (flush_to_disk only fires when there is): so a hold catches the
@@ -40,6 +40,7 @@ HOLD_POLL = 0.001  # s, between looks at the mailbox while a held call runs
 EVENT_DRAIN_EVERY = 128  # requests between reads of QMP events nobody waits for
 EVENT_DRAIN_WAIT = 0.001  # s
 EVENT_WAIT = 0.05  # s, to let QMP events already sent by QEMU be read
+LOST_STEP_RETRIES = 3  # continues again after a step off the park point that did not run (_untouched)
 TRANSPORTS = ("doorbell", "gdb")
 IDLE_US = 10_000  # the guest polls this long for a next request before it parks by itself
 HOT_SPIN = 0.00005  # s, Python spins on the reply this long without giving up its core (a short call)
