@@ -78,6 +78,15 @@ def poll(proc: subprocess.Popen[bytes]) -> int | None:
     return code
 
 
+def exited(pid: int) -> bool:
+    """pid, a child of ours, has exited (a zombie, or already reaped by someone), without
+    reaping it: what Popen.poll() cannot say once another waiter took the status."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
 def kill(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL proc (by pid, never by name); a process already gone is fine."""
     if poll(proc) is None:
