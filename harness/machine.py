@@ -651,7 +651,8 @@ class Machine:
         (its ide_*/bmdma_* trace events) while active; `dev.events` are PortAccess events.
         data=False leaves out the data-port words (one event per word in QEMU: bulk PIO makes
         huge records). fold=N keeps the first N reads of a status poll and folds the rest into
-        one event with `repeat` set (a long DMA is polled hundreds of thousands of times)."""
+        one event with `repeat` set (a wait polls status thousands of times; a poll that
+        alternates two registers, as the DMA wait does, is not folded)."""
         from harness.portio.devtrace import DATA_EVENTS, TRACE_PATTERNS, DeviceTrace
 
         exclude = () if data else DATA_EVENTS

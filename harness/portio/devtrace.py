@@ -145,7 +145,8 @@ def parse_trace(
     stamp) keeps its first N reads as events of their own and becomes one more event for the
     rest, with `repeat` set to how many it stands for and the time of the run's last read.
     What a poll saw, when it began and when it ended, and how many accesses it made are all
-    kept; a driver polling through a long DMA otherwise makes hundreds of thousands of events."""
+    kept; a wait otherwise makes thousands of events. Only runs of one identical read
+    fold: a poll alternating two registers (the DMA wait) does not."""
     if fold is not None and fold < 1:
         raise ValueError(f"fold must be at least 1, not {fold}")
     pmap = port_map or PortMap()
