@@ -27,26 +27,21 @@ irq_common:
 	iret
 
 	.altmacro
-	.macro stubs from=0, to=47
-	stub %from
+	/* m applied to each number from..to (gas has no loop over a macro's argument) */
+	.macro each m, from, to
+	\m %from
 	.if \to-\from
-	stubs %(\from+1),\to
+	each \m, %(\from+1), \to
 	.endif
 	.endm
-	stubs 0, 47
+	each stub, 0, 47
 
 	.macro entry v
 	.long irq_stub_\v
-	.endm
-	.macro entries from=0, to=47
-	entry %from
-	.if \to-\from
-	entries %(\from+1),\to
-	.endif
 	.endm
 
 	.section .rodata
 	.align 4
 	.globl irq_stubs
 irq_stubs:
-	entries 0, 47
+	each entry, 0, 47
