@@ -219,7 +219,7 @@ def parse_trace(
             rec.unparsed.append(line)
             continue
         if fold is not None and poll is None and raw[-1][0] == "in":
-            poll, run = line[line.find(":") + 1 :] if line[:1].isdigit() else line, 1
+            poll, run = body, 1
     end_run()
     # Second pass: bus-master accesses take the channel of the next IDE access, else the previous.
     channels: list[int | None] = [None if r[4] else _channel_of(r[1]) for r in raw]
