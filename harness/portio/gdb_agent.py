@@ -1,4 +1,4 @@
-"""GDB-side half of port watching: runs inside GDB (`source harness/gdb_ports_agent.py`).
+"""GDB-side half of port watching: runs inside GDB (`source harness/portio/gdb_agent.py`).
 
 It disassembles every executable section of the kernel with GDB's own disassembler, finds each
 in/out/ins/outs instruction, and while a watcher is active keeps a Python breakpoint on them
@@ -7,9 +7,16 @@ read is known only after the instruction, so its next instruction gets a breakpo
 `rep ins/outs` is entered through the `cld` in front of it (x86.h writes "cld; rep insl"): a
 breakpoint on the rep itself fires once per iteration, since QEMU re-enters the instruction for
 each one (a rep with no cld before it is caught at itself, and its later iterations are known as
-such until the instruction after it is reached). The harness talks to it with
-`piix3-ports ACTION HEXJSON` and reads one `piix3-ports-reply: JSON` line from the console; the
-host half is harness/ports.py.
+such until the instruction after it is reached).
+
+QEMU (7.2, TCG) now and then answers the single step with which GDB leaves a breakpoint
+without executing the instruction (seen here about once in a few hundred steps under load,
+more often while interrupts come in); GDB, still at the breakpoint, reports it hit again. An
+`in` is recorded at the instruction after it, so a repeated entry costs nothing. An `out` (and
+a `rep outs` entered at its cld) is recorded at its entry, so its next instruction gets a
+breakpoint too: an entry hit twice with no other breakpoint between is that lost step, not a
+second access. The harness talks to it with `piix3-ports ACTION HEXJSON` and reads one
+`piix3-ports-reply: JSON` line from the console; the host half is watch.py.
 
 Nothing here imports the rest of the harness: GDB's Python is the system's, not the venv's.
 """
@@ -244,6 +251,7 @@ class Agent:
         self.completions: dict[int, list[Site]] = {}
         self.pending: _Pending | None = None
         self.rep_active: set[int] = set()  # reentered rep sites between first iteration and after
+        self.unfinished: int | None = None  # the entry of an out just recorded, until the next hit
         self.seq = 0
         self.next_ident = 1
         self.last_stop: list[dict[str, Any]] = []
@@ -292,7 +300,7 @@ class Agent:
 
     def plan(self) -> tuple[dict[int, list[Site]], dict[int, list[Site]]]:
         """Where the active watchers need breakpoints: sites by entry address, and sites
-        completed at an address (the instruction after an `in`, or after a reentered rep)."""
+        completed at an address (the instruction after each; see the module's docstring)."""
         entries: dict[int, list[Site]] = {}
         completions: dict[int, list[Site]] = {}
         if self.watchers:
@@ -300,8 +308,7 @@ class Agent:
                 if site.port is not None and not any(w.wants_port(site.port) for w in self.watchers.values()):
                     continue
                 entries.setdefault(site.entry, []).append(site)
-                if site.direction == "in" or site.reentered:
-                    completions.setdefault(site.after, []).append(site)
+                completions.setdefault(site.after, []).append(site)
         return entries, completions
 
     def sync(self) -> None:
@@ -320,8 +327,13 @@ class Agent:
                     self.breakpoints[addr] = _SiteBreakpoint(self, addr)
         self.entries, self.completions = entries, completions
         if not self.watchers:
-            self.pending = None
-            self.rep_active.clear()
+            self.forget()
+
+    def forget(self) -> None:
+        """Drop the accesses in flight: the guest was reset or rolled back under the watchers."""
+        self.pending = None
+        self.unfinished = None
+        self.rep_active.clear()
 
     # --- a breakpoint hit ------------------------------------------------------------------
     def hit(self, addr: int) -> bool:
@@ -337,6 +349,8 @@ class Agent:
 
         stop = False
         triggered: list[dict[str, Any]] = []
+        lost_step = self.unfinished == addr  # hit again with nothing run: see the docstring
+        self.unfinished = None
         for site in self.completions.get(addr, ()):
             self.rep_active.discard(site.addr)  # a reentered rep has run its last iteration
         p = self.pending
@@ -353,6 +367,8 @@ class Agent:
         for site in self.entries.get(addr, ()):
             if site.reentered and site.addr in self.rep_active:
                 continue  # a later iteration of a rep already recorded at its first
+            if lost_step and site.direction == "out" and not site.reentered:
+                continue  # recorded at the previous hit; the out has not run yet
             port = site.port if site.port is not None else reg("edx") & 0xFFFF
             if not any(w.wants_port(port) for w in self.watchers.values()):
                 continue
@@ -365,6 +381,8 @@ class Agent:
                 buffer = reg("edi") if site.string else None
                 self.pending = _Pending(site, port, count, buffer, backwards, where)
                 continue
+            if not site.reentered:
+                self.unfinished = addr  # until any other breakpoint, its next instruction's first
             ev = self._event(site, port, where)
             if site.string:
                 ev["count"], ev["buffer"] = count, reg("esi")
@@ -507,6 +525,9 @@ def handle(agent: Agent, action: str, args: dict[str, Any]) -> Any:
         stop, agent.last_stop = agent.last_stop, []
         return {"accesses": stop, "pc": int(gdb.newest_frame().pc()) if IN_GDB else None}
     if action == "status":
+        return agent.status()
+    if action == "forget":
+        agent.forget()
         return agent.status()
     if action == "clear":
         for ident in list(agent.watchers):

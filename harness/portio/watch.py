@@ -68,6 +68,13 @@ class PortsAgent:
         self._errors_seen = 0
         target.resume_hooks.append(self.arm_pending)  # watches arm when the guest next runs
         target.stop_hooks.append(self._explain_if_watching)
+        target.ram_hooks.append(self._forget_in_flight)
+
+    def _forget_in_flight(self, what: str) -> None:
+        """A reset or snapshot restore: the agent drops the accesses it saw begin (an `in` that
+        has not reached its next instruction, an `out` just recorded)."""
+        if what in ("reset", "loadvm") and self._gdb is not None and self._gdb is self._m.gdb:
+            self.call("forget", {})
 
     def _explain_if_watching(self, stop: Stop) -> Stop:
         return self.explain(stop) if self.active else stop

@@ -468,3 +468,50 @@ def test_agent_records_each_kind_of_instruction_once(monkeypatch: pytest.MonkeyP
     assert [e["seq"] for e in agent.watchers[1].events] == list(range(1, 10))
     assert agent.watchers[2].hits == 1 and len(agent.watchers[2].events) == 1
     assert agent.rep_active == set() and agent.pending is None
+
+
+def test_agent_counts_a_lost_step_off_a_breakpoint_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU sometimes answers GDB's step off a breakpoint without running the instruction, and
+    the breakpoint is reported again: the access happened once. The same `out` run again after
+    its next instruction was reached (a loop), or after a reset, is a second access."""
+    from harness.portio import gdb_agent as agent_mod
+
+    memory = bytearray(0x10000)
+    memory[0x6000:0x6002] = b"XY"
+    fake = _FakeGdb(memory)
+    monkeypatch.setattr(agent_mod, "gdb", fake, raising=False)
+    agent = agent_mod.Agent()
+    agent.sites = find_sites(_disasm("gdb-disasm-port-variants.txt"))
+    agent.watchers = {1: agent_mod.Watcher(1, [(0, 0xFFFF)])}
+    agent.entries, agent.completions = agent.plan()
+    assert {0x1013, 0x1025} <= set(agent.completions), "an out's next instruction is watched too"
+
+    def hit(pc: int, times: int = 2, **regs: int) -> None:
+        fake.frame = _FakeFrame(pc, regs)
+        for _ in range(times):  # the second: the lost step, all registers unchanged
+            assert agent.hit(pc) is False
+
+    hit(0x1012, edx=0x1F2, eax=0x01)  # out %al,(%dx)
+    hit(0x1013, edx=0x1F2, eax=0x02)  # its next instruction, itself out %ax,(%dx)
+    hit(0x1015, edx=0x1F2, eax=0x03)  # out %eax,(%dx)
+    hit(0x1012, times=1, edx=0x1F2, eax=0x01)  # a loop back: the same out again, for real
+    hit(0x1013, times=1, edx=0x1F2, eax=0x02)
+    hit(0x1007, edx=0x3F6)  # in (%dx),%al: recorded at its next instruction anyway
+    hit(0x1008, times=1, edx=0x1F2, eax=0x50)
+    hit(0x1022, edx=0x170, ecx=2, esi=0x6000)  # cld; rep outsb
+    hit(0x1025, times=1)
+    hit(0x1012, times=1, edx=0x1F2, eax=0x01)
+    agent.forget()  # the guest was reset before the out ran to its end, and runs to it again
+    hit(0x1012, times=1, edx=0x1F2, eax=0x01)
+    got = [(e["direction"], e["port"], e["value"], e["data"]) for e in agent.watchers[1].events]
+    assert got == [
+        ("out", 0x1F2, 0x01, None),
+        ("out", 0x1F2, 0x0002, None),
+        ("out", 0x1F2, 0x03, None),
+        ("out", 0x1F2, 0x01, None),
+        ("out", 0x1F2, 0x0002, None),
+        ("in", 0x3F6, 0x50, None),
+        ("out", 0x170, None, "5859"),
+        ("out", 0x1F2, 0x01, None),
+        ("out", 0x1F2, 0x01, None),
+    ]
