@@ -134,6 +134,64 @@ def _stamp_us(m: re.Match[str]) -> float | None:
     return float(int(sec) * 1_000_000) + int(frac) / 10.0 ** (len(frac) - 6)
 
 
+class _PollFolder:
+    """parse_trace's fold, line by line: a line's text but for its stamp (its body) is
+    compared with the poll under way before anything is parsed, so a folded read costs a
+    string comparison."""
+
+    def __init__(self, parse: Callable[[str], bool], raw: list[list[Any]], kept: int) -> None:
+        self.parse, self.raw, self.kept = parse, raw, kept
+        self.recent: list[str] = []  # bodies of the last reads in a row (at most two), newest last
+        self.cycle: tuple[str, ...] = ()  # the poll under way: the bodies it repeats
+        self.seen = 0  # its lines so far
+        self.held: list[str] = []  # its lines past the kept cycles, of a cycle not yet whole
+        self.tails: list[str] = []  # per cycle position, the last line folded into its event
+        self.first = 0  # index in raw of the poll's first folded event
+
+    def feed(self, line: str) -> None:
+        body = line[line.find(":") + 1 :] if line[:1].isdigit() else line
+        if not self.cycle and self.recent:
+            if body == self.recent[-1]:
+                self.cycle, self.seen = (body,), 1
+            elif len(self.recent) == 2 and body == self.recent[0]:
+                self.cycle, self.seen = tuple(self.recent), 2
+        if self.cycle:
+            if body == self.cycle[self.seen % len(self.cycle)]:
+                self.seen += 1
+                if self.seen <= self.kept * len(self.cycle):
+                    self.parse(line)
+                    return
+                self.held.append(line)
+                if len(self.held) == len(self.cycle):
+                    self._fold_held()
+                return
+            self.end()
+        if self.parse(line):
+            self.recent = [*self.recent[-1:], body]
+        else:
+            self.recent = []
+
+    def _fold_held(self) -> None:
+        """One more whole cycle past the kept ones: its reads count into the folded events."""
+        raw, period = self.raw, len(self.cycle)
+        if not self.tails:
+            self.first = len(raw)
+            raw.extend([*r[:6], 0] for r in raw[-period:])
+        for j in range(period):
+            raw[self.first + j][6] += 1
+        self.tails, self.held = self.held, []
+
+    def end(self) -> None:
+        """The poll under way is over: its folded events take their last stamps, and a cycle
+        cut short stands as read. The next poll begins after it."""
+        for j, tail in enumerate(self.tails):
+            m = _PREFIX.match(tail)
+            self.raw[self.first + j][5] = _stamp_us(m) if m else None
+        for line in self.held:
+            self.parse(line)
+        self.cycle, self.seen, self.held, self.tails, self.recent = (), 0, [], [], []
+
+
 def parse_trace(
     lines: Iterable[str], port_map: PortMap | None = None, fold: int | None = None
 ) -> DeviceRecord:
@@ -141,12 +199,13 @@ def parse_trace(
     by `-msg timestamp=on` give each access its time (PortAccess.time_us); unstamped lines
     give None.
 
-    fold=N: a run of identical consecutive reads (a status poll: the same line but for its
-    stamp) keeps its first N reads as events of their own and becomes one more event for the
-    rest, with `repeat` set to how many it stands for and the time of the run's last read.
-    What a poll saw, when it began and when it ended, and how many accesses it made are all
-    kept; a wait otherwise makes thousands of events. Only runs of one identical read
-    fold: a poll alternating two registers (the DMA wait) does not."""
+    fold=N: a status poll, a run of reads that repeats one read (the same line but for its
+    stamp) or a cycle of two (the DMA wait reads BM Status, then Alt Status, and again), keeps
+    its first N cycles as events of their own; each of its reads then becomes one more event
+    for its later repeats, with `repeat` set to how many it stands for and the time of the
+    last of them. A cycle cut short at the end stays as read. What a poll saw, when it began
+    and ended, and how many accesses it made are all kept; a wait otherwise makes thousands
+    of events. Anything else (a write, something the device did) ends a poll."""
     if fold is not None and fold < 1:
         raise ValueError(f"fold must be at least 1, not {fold}")
     pmap = port_map or PortMap()
@@ -154,47 +213,24 @@ def parse_trace(
     # First pass, per access: [direction, port or bus-master offset, width, value, is bus
     # master, time, repeat].
     raw: list[list[Any]] = []
-    poll = None  # the text of the read that began the run under way (None: no run)
-    run = 0  # reads in that run
-    tail = ""  # the last line folded into raw[-1]: its stamp becomes the folded event's
 
-    def end_run() -> None:
-        nonlocal tail
-        if tail:
-            m = _PREFIX.match(tail)
-            raw[-1][5] = _stamp_us(m) if m else None
-            tail = ""
-
-    for line in lines:
-        line = line.rstrip("\n")
-        if fold is not None:
-            body = line[line.find(":") + 1 :] if line[:1].isdigit() else line
-            if body == poll:
-                run += 1
-                if run > fold:
-                    if not tail:  # the first read past the kept ones: the folded event
-                        raw.append([*raw[-1][:6], 0])
-                    raw[-1][6] += 1
-                    tail = line
-                    continue
-            else:
-                end_run()
-                poll, run = None, 0
+    def parse(line: str) -> bool:
+        """One line into raw, actions or unparsed; True for a read access."""
         if not line.strip():
-            continue
+            return False
         m = _PREFIX.match(line)
         if not m:
             rec.unparsed.append(line)
-            continue
+            return False
         event, text = m.group("event"), m.group("text")
         stamp = _stamp_us(m)
         if event in _SKIP:
-            continue
+            return False
         if event in _PIO_EVENTS:
             p = _PIO.match(text)
             if not p:
                 rec.unparsed.append(line)
-                continue
+                return False
             direction = "in" if p.group("rw") == "rd" else "out"
             port, val = int(p.group("port"), 16), int(p.group("val"), 16)
             raw.append([direction, port, _PIO_EVENTS[event], val, False, stamp, 1])
@@ -202,25 +238,32 @@ def parse_trace(
             b = _BMDMA.match(text)
             if not b:
                 rec.unparsed.append(line)
-                continue
+                return False
             direction = "in" if b.group("rw") == "read" else "out"
             raw.append([direction, int(b.group("off"), 16) & 3, 1, int(b.group("val"), 16), True, stamp, 1])
         elif event in ("bmdma_addr_read", "bmdma_addr_write"):
             a = _BMDMA_ADDR.match(text)
             if not a:
                 rec.unparsed.append(line)
-                continue
+                return False
             direction = "in" if event.endswith("read") else "out"
             raw.append([direction, 4, 4, int(a.group("val"), 16) & 0xFFFFFFFF, True, stamp, 1])
         elif event.startswith(("ide_", "bmdma_")) or event == INTERRUPT_EVENT:
             rec.actions.append(DeviceAction(event, text.strip(), len(raw)))
-            continue
+            return False
         else:
             rec.unparsed.append(line)
-            continue
-        if fold is not None and poll is None and raw[-1][0] == "in":
-            poll, run = body, 1
-    end_run()
+            return False
+        return direction == "in"
+
+    if fold is None:
+        for line in lines:
+            parse(line.rstrip("\n"))
+    else:
+        folder = _PollFolder(parse, raw, fold)
+        for line in lines:
+            folder.feed(line.rstrip("\n"))
+        folder.end()
     # Second pass: bus-master accesses take the channel of the next IDE access, else the previous.
     channels: list[int | None] = [None if r[4] else _channel_of(r[1]) for r in raw]
     following: list[int | None] = [None] * len(raw)
