@@ -650,9 +650,9 @@ class Machine:
         """`with m.device_trace() as dev:` records what QEMU's IDE/bus-master emulation saw
         (its ide_*/bmdma_* trace events) while active; `dev.events` are PortAccess events.
         data=False leaves out the data-port words (one event per word in QEMU: bulk PIO makes
-        huge records). fold=N keeps the first N reads of a status poll and folds the rest into
-        one event with `repeat` set (a wait polls status thousands of times; a poll that
-        alternates two registers, as the DMA wait does, is not folded)."""
+        huge records). fold=N keeps the first N cycles of a status poll (one read repeated, or
+        two in turn, as the DMA wait reads BM Status and Alt Status) and folds the rest into one
+        event per read with `repeat` set (a wait polls status thousands of times)."""
         from harness.portio.devtrace import DATA_EVENTS, TRACE_PATTERNS, DeviceTrace
 
         exclude = () if data else DATA_EVENTS

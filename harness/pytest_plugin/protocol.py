@@ -42,7 +42,7 @@ def watch(item: pytest.Item, m: Machine) -> None:
     """Trace m's IDE and bus-master accesses from now until the test body ends."""
     if not enabled(item) or m.qemu is None:
         return
-    # data words: 36 MB of log per MiB of PIO; a poll's reads past the first POLL_KEPT are folded
+    # data words: 36 MB of log per MiB of PIO; a poll's cycles past the first POLL_KEPT are folded
     trace = m.device_trace(data=False, fold=POLL_KEPT)
     trace.__enter__()
     item.stash.setdefault(TRACES, []).append((m, trace))
