@@ -218,6 +218,7 @@ def _suite_rows(ctx: BenchContext) -> list[Row]:
                 "-n",
                 workers,
                 "--piix3-firmware=both",
+                "--piix3-transport=paired",  # as make test runs it
                 f"--piix3-protocol={protocol}",
                 str(root / "tests"),
             ],
