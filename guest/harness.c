@@ -70,11 +70,12 @@ static void dispatch(struct harness_request *r)
 	__asm__ volatile("" ::: "memory");
 	*(volatile uint32_t *)&r->op = HARNESS_OP_NONE;
 	/* QEMU waits for every block request whenever the VM stops: a request the harness holds
-	   in the block layer (hold_io) must be let go while the guest still runs, here. */
+	   in the block layer (hold_io) must be let go while the guest still runs, here. Only the
+	   harness writes linger (it clears it, and every request it posts carries it): a store
+	   here could land on the next request's. */
 	uint64_t deadline = deadline_after_us(LINGER_MAX_US);
 	while (*(volatile uint32_t *)&r->linger && !deadline_passed(deadline))
 		__asm__ volatile("pause");
-	r->linger = 0;
 }
 
 /* kmain's park loop calls this after each harness_ready: run the posted request, if any, then
