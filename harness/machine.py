@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import platform
 import random
 import shutil
 import tempfile
@@ -41,7 +42,7 @@ from harness.qemu import QEMU_BINARY, TRACE_LOG_NAME, QemuConfig, QemuPaths, Qem
 from harness.regs import IRQ_LINES
 from harness.stops import Stop
 from harness.target import PARK_SYMBOL, Target
-from harness.transport import TRANSPORTS, Mailboxes
+from harness.transport import TRANSPORTS, Mailboxes, doorbell_host
 
 if TYPE_CHECKING:
     from harness.portio.devtrace import DeviceTrace
@@ -133,11 +134,16 @@ class Machine:
         if not isinstance(data_path, str) or data_path not in DATA_PATHS:
             raise ConfigError(f"unknown data_path {data_path!r:.40}; use one of {', '.join(DATA_PATHS)}")
         if transport is None:  # the doorbell lives in shared RAM
-            transport = "doorbell" if data_path == "shm" else "gdb"
+            transport = "doorbell" if data_path == "shm" and doorbell_host() else "gdb"
         if not isinstance(transport, str) or transport not in TRANSPORTS:
             raise ConfigError(f"unknown transport {transport!r:.40}; use one of {', '.join(TRANSPORTS)}")
         if transport == "doorbell" and data_path != "shm":
             raise ConfigError("transport='doorbell' needs data_path='shm' (the guest polls shared RAM)")
+        if transport == "doorbell" and not doorbell_host():
+            raise ConfigError(
+                f"transport='doorbell' needs an x86 host, whose stores become visible in order "
+                f"(this is {platform.machine()}); use transport='gdb'"
+            )
         if not is_int(memory_mib) or not MIN_MEMORY_MIB <= memory_mib <= MAX_MEMORY_MIB:
             raise ConfigError(
                 f"memory_mib={memory_mib!r:.40}: give a whole number of MiB in "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import struct
 import time
 from collections.abc import Callable
@@ -42,6 +43,16 @@ EVENT_DRAIN_WAIT = 0.001  # s
 EVENT_WAIT = 0.05  # s, to let QMP events already sent by QEMU be read
 LOST_STEP_RETRIES = 3  # continues again after a step off the park point that did not run (_untouched)
 TRANSPORTS = ("doorbell", "gdb")
+# The doorbell orders the mailbox's fields before op by writing them first: that holds where
+# stores become visible in program order (x86's TSO), not on weaker hosts (Arm, POWER).
+DOORBELL_HOSTS = ("x86_64", "amd64", "i386", "i686")
+
+
+def doorbell_host() -> bool:
+    """This host orders plain stores as the doorbell needs (see DOORBELL_HOSTS)."""
+    return platform.machine().lower() in DOORBELL_HOSTS
+
+
 IDLE_US = 10_000  # the guest polls this long for a next request before it parks by itself
 HOT_SPIN = 0.00005  # s, Python spins on the reply this long without giving up its core (a short call)
 SPIN = 0.001  # s, then spins yielding its core this long, then naps (a long call must not burn one)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import platform
 import random
 import subprocess
 import sys
@@ -234,3 +235,13 @@ def test_machine_options_are_checked(disk: DiskImage) -> None:
         Machine(disks=[disk], data_path="carrier-pigeon")
     with pytest.raises(ConfigError, match="4 drive positions"):
         Machine(disks=[disk] * 5)
+
+
+def test_the_doorbell_is_refused_on_a_host_with_weaker_store_order(
+    disk: DiskImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its mailbox relies on x86's store order; elsewhere calls go through GDB by default."""
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    with pytest.raises(ConfigError, match="x86 host.*aarch64.*transport='gdb'"):
+        Machine(disks=[disk], transport="doorbell")
+    assert Machine(disks=[disk]).transport == "gdb"
