@@ -121,7 +121,9 @@ class GdbMi:
         return self.proc.pid if self.proc else None
 
     def alive(self) -> bool:
-        return self.proc is not None and procs.poll(self.proc) is None and not procs.exited(self.proc.pid)
+        """GDB has not exited: one waitid that reaps nothing (asked before every doorbell call)."""
+        proc = self.proc
+        return proc is not None and proc.returncode is None and not procs.exited(proc.pid)
 
     def close(self) -> None:
         """Ask GDB to exit, wait a bounded time, then kill it. Safe to call twice."""
