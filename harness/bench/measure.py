@@ -42,7 +42,7 @@ from harness.bench.report import (
 from harness.disk import DiskImage
 from harness.errors import HarnessError
 from harness.machine import SNAPSHOT_MEMORY_MIB, Machine
-from harness.paths import find_kernel
+from harness.paths import REPO_ROOT, find_kernel
 from harness.qemu import QemuConfig, QemuPaths, build_command
 
 RAW_TIMEOUT = 5.0  # s, for one raw MI reply or raw start step
@@ -199,30 +199,35 @@ def _snapshot_rows(ctx: BenchContext) -> list[Row]:
     ]
 
 
+def suite_command(workers: str, protocol: str) -> list[str]:
+    """The whole suite as make test runs it (both firmwares, paired transports), on `workers`
+    xdist workers ("0": serial), with the protocol checker on or off; run it in REPO_ROOT."""
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        workers,
+        "--piix3-firmware=both",
+        "--piix3-transport=paired",
+        f"--piix3-protocol={protocol}",
+        str(REPO_ROOT / "tests"),
+    ]
+
+
 def _suite_rows(ctx: BenchContext) -> list[Row]:
     """The whole test suite, serial and on every core (only with --suite: it takes minutes)."""
     if not ctx.suite:
         return []
-    root = Path(__file__).resolve().parent.parent
     times = {}
     for workers, protocol in (("0", "on"), ("auto", "on"), ("auto", "off")):
         t0 = time.perf_counter()
         done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "-n",
-                workers,
-                "--piix3-firmware=both",
-                "--piix3-transport=paired",  # as make test runs it
-                f"--piix3-protocol={protocol}",
-                str(root / "tests"),
-            ],
-            cwd=root,
+            suite_command(workers, protocol),
+            cwd=REPO_ROOT,
             capture_output=True,
             text=True,
             timeout=SUITE_TIMEOUT,
@@ -230,7 +235,10 @@ def _suite_rows(ctx: BenchContext) -> list[Row]:
         )
         times[workers + protocol] = time.perf_counter() - t0
         if done.returncode:
-            raise HarnessError(f"the suite failed with -n {workers}: {done.stdout[-500:]}")
+            raise HarnessError(
+                f"the suite failed with -n {workers} (exit status {done.returncode}): "
+                f"{done.stdout[-500:]}{done.stderr[-500:]}"
+            )
         ctx.progress.step(f"suite -n {workers}, protocol checker {protocol}")
     return [
         Row(

@@ -39,3 +39,13 @@ def test_bench_json_carries_the_package_version(
     result = json.loads(out.read_text())
     assert result["version"] == declared
     assert list(result)[0] == "version" and result["image"] == "stub.img"
+
+
+def test_bench_suite_runs_the_checkouts_suite_as_make_test_does() -> None:
+    """`piix3 bench --suite` times the tests make test runs (it once pointed inside harness/)."""
+    argv = harness.bench.measure.suite_command("auto", "off")
+    assert Path(argv[-1]) == REPO_ROOT / "tests" and (REPO_ROOT / "tests" / "integration").is_dir()
+    recipe = (REPO_ROOT / "Makefile").read_text().split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    for option in ("--piix3-firmware=both", "--piix3-transport=paired"):
+        assert option in argv and option in recipe
+    assert argv[argv.index("-n") + 1] == "auto" and "--piix3-protocol=off" in argv
