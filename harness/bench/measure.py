@@ -202,20 +202,9 @@ def _snapshot_rows(ctx: BenchContext) -> list[Row]:
 def suite_command(workers: str, protocol: str) -> list[str]:
     """The whole suite as make test runs it (both firmwares, paired transports), on `workers`
     xdist workers ("0": serial), with the protocol checker on or off; run it in REPO_ROOT."""
-    return [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        "-n",
-        workers,
-        "--piix3-firmware=both",
-        "--piix3-transport=paired",
-        f"--piix3-protocol={protocol}",
-        str(REPO_ROOT / "tests"),
-    ]
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", workers]
+    like_make_test = ["--piix3-firmware=both", "--piix3-transport=paired"]
+    return [*pytest, *like_make_test, f"--piix3-protocol={protocol}", str(REPO_ROOT / "tests")]
 
 
 def _suite_rows(ctx: BenchContext) -> list[Row]:
