@@ -104,7 +104,7 @@ _RULES = (
     ),
     Rule(
         "ATA-ADDR-1",
-        "a 48-bit command writes Sector Count and LBA Low/Mid/High twice (previous content first)",
+        "a 48-bit command writes Features, Sector Count and LBA Low/Mid/High twice (previous content first)",
         f"{ATA6} clause 6, 48-bit Address feature set",
     ),
     Rule(
@@ -260,7 +260,7 @@ PRD_REGION_LIMIT = 0x10000
 
 CMD_DEVICE_RESET, CMD_DIAGNOSTIC, CMD_SET_MULTIPLE = 0x08, 0x90, 0xC6
 _TASKFILE = {1: "features", 2: "count", 3: "lba_low", 4: "lba_mid", 5: "lba_high"}
-_LBA48_REGS = ("count", "lba_low", "lba_mid", "lba_high")
+_LBA48_REGS = ("features", "count", "lba_low", "lba_mid", "lba_high")
 
 DMA_IN = frozenset({0xC8, 0xC9, 0x25, 0x47})  # READ DMA (EXT), READ LOG DMA EXT
 DMA_OUT = frozenset({0xCA, 0xCB, 0x35, 0x3D, 0x57})  # WRITE DMA (EXT, FUA EXT), WRITE LOG DMA EXT

@@ -1022,6 +1022,12 @@ def _lba48_written_once(ev: list[PortAccess]) -> list[PortAccess]:
     return ev[:first_count] + ev[first_count + 1 :]
 
 
+def _lba48_features_once(ev: list[PortAccess]) -> list[PortAccess]:
+    i = _first(ev, _is("primary Command", 0x25))
+    first_features = _first(ev, _is("primary Features"), i - 12)
+    return ev[:first_features] + ev[first_features + 1 :]
+
+
 def _error_read_after_success(ev: list[PortAccess]) -> list[PortAccess]:
     i = _first(ev, _is("primary Command", 0xEA))
     j = _first(ev, _is("primary Status"), i)
@@ -1087,6 +1093,7 @@ MUTATIONS: list[tuple[str, str, Mutation, str]] = [
     ("PIIX3-BM-4", "seabios", _start_as_write, "READ DMA EXT started as a memory read"),
     ("PIIX3-BM-3", "seabios", _bm_never_stopped, "engine not stopped after the first DMA"),
     ("ATA-ADDR-1", "seabios", _lba48_written_once, "READ DMA EXT without the high Sector Count"),
+    ("ATA-ADDR-1", "seabios", _lba48_features_once, "READ DMA EXT without the high Features"),
     ("ATA-ERR-1", "seabios", _error_read_after_success, "Error read after FLUSH CACHE EXT succeeded"),
     ("ATA-CMD-1", "seabios", _busy_before_command, "FLUSH CACHE EXT with BSY in the last status"),
     ("ATA-CMD-2", "seabios", _no_drdy_before_identify, "IDENTIFY with DRDY clear"),
