@@ -378,6 +378,7 @@ def test_bad_input_touches_no_port(machine: Machine) -> None:
             with pytest.raises(AtaError) as e:
                 action()
             assert e.value.code is code, name
+            assert e.value.command == 0, f"{name}: no command was sent, yet the error names one"
         assert m.call("ata_read", 0, 0, 1, 0, 1) == AtaCode.INVAL  # NULL buffer
         assert m.call("ata_read", 0, 0, 1, xfer + 1, 1) == AtaCode.INVAL  # odd DMA buffer
         assert m.call("ata_write", 0, 0, 1, xfer, 7) == AtaCode.INVAL  # no such mode
