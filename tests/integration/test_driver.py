@@ -73,6 +73,23 @@ def test_firmware_state_is_handled(
     assert m.ata.read(0, 9, 8, mode="dma") == data
 
 
+@pytest.mark.parametrize(
+    "present", [(0, 2), (1, 3), (0, 1, 3)], ids=lambda p: "drives " + "+".join(map(str, p))
+)
+def test_bus_master_status_marks_the_dma_capable_drives(
+    machine_factory: MachineFactory, tmp_path: Path, present: tuple[int, ...]
+) -> None:
+    """After init each channel's bus-master Status says which of its two drives may do DMA
+    (bits 5 and 6, the PIIX3 datasheet's "Drive 0/1 DMA Capable", which firmware and other
+    drivers read): exactly the drives found on that channel."""
+    m = machine_factory(disks={d: DiskImage.create(tmp_path / f"d{d}.img", size_mib=1) for d in present})
+    bm_base = m.ports.port_map().bm_base
+    for channel in (0, 1):
+        status = m.call("harness_inb", bm_base + 8 * channel + 2)
+        want = {0x20 * (d % 2 + 1) for d in present if d // 2 == channel}
+        assert status & 0x60 == sum(want), f"channel {channel}: BM Status {status:#04x}, drives {present}"
+
+
 def test_every_position_pio_and_dma_agree(machine_factory: MachineFactory, tmp_path: Path) -> None:
     disks = {d: DiskImage.create(tmp_path / f"d{d}.img", size_mib=4) for d in range(4)}
     m = machine_factory(disks=disks)
