@@ -86,6 +86,7 @@ def test_bus_master_status_marks_the_dma_capable_drives(
     bm_base = m.ports.port_map().bm_base
     for channel in (0, 1):
         status = m.call("harness_inb", bm_base + 8 * channel + 2)
+        assert status is not None
         want = {0x20 * (d % 2 + 1) for d in present if d // 2 == channel}
         assert status & 0x60 == sum(want), f"channel {channel}: BM Status {status:#04x}, drives {present}"
 
