@@ -73,9 +73,7 @@ def test_firmware_state_is_handled(
     assert m.ata.read(0, 9, 8, mode="dma") == data
 
 
-@pytest.mark.parametrize(
-    "present", [(0, 2), (1, 3), (0, 1, 3)], ids=lambda p: "drives " + "+".join(map(str, p))
-)
+@pytest.mark.parametrize("present", [(0, 2), (1, 3), (0, 1, 3)], ids=["0+2", "1+3", "0+1+3"])
 def test_bus_master_status_marks_the_dma_capable_drives(
     machine_factory: MachineFactory, tmp_path: Path, present: tuple[int, ...]
 ) -> None:
