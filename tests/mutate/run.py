@@ -407,9 +407,11 @@ def _failure(text: str) -> str:
 
 
 def _failed_nodes(text: str) -> list[str]:
+    """The node ids of pytest's short summary lines (`FAILED id - message`; an id's
+    parameters may hold spaces)."""
     nodes = []
     for line in text.splitlines():
-        m = re.match(r"^(?:FAILED|ERROR) (\S+)", line)
+        m = re.match(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", line)
         if m:
             nodes.append(m.group(1))
     return nodes

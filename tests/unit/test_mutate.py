@@ -84,3 +84,18 @@ def test_every_listed_equivalent_is_a_mutant_with_a_reason() -> None:
     keys = {m.key for m in run.all_mutants()}
     listed = run.read_equivalent()
     assert listed and set(listed) <= keys, sorted(set(listed) - keys)[:5]
+
+
+def test_failed_node_ids_keep_their_spaces() -> None:
+    """The id of a failing test is re-run alone: a parameter id with a space must survive."""
+    text = (
+        "FAILED tests/integration/test_x.py::test_a[qboot-drives 0+2] - AssertionError: no\n"
+        "ERROR tests/integration/test_x.py::test_b\n"
+        "FAILED tests/integration/test_x.py::test_c[seabios] - x - y\n"
+        "some other line FAILED\n"
+    )
+    assert run._failed_nodes(text) == [
+        "tests/integration/test_x.py::test_a[qboot-drives 0+2]",
+        "tests/integration/test_x.py::test_b",
+        "tests/integration/test_x.py::test_c[seabios]",
+    ]
