@@ -71,20 +71,38 @@ class Mailbox(Record):
 
     def done_after(self, seq: int) -> bool:
         """The request posted when the mailbox's seq was `seq` has run."""
-        return self.op == Op.NONE and self.seq == (seq + 1) & U32
+        return self.op == Op.NONE and self.seq == next_seq(seq)
+
+
+def next_seq(seq: int) -> int:
+    """The mailbox's seq once one more request has been dispatched (it wraps at 32 bits)."""
+    return (seq + 1) & U32
+
+
+def _field_codes(record: type[Record], name: str) -> tuple[str, int]:
+    """The record's format characters and the index of the field's: the records' formats are
+    little-endian with standard sizes (no padding), one character per field, in field order."""
+    names = [f.name for f in dataclasses.fields(record)]  # type: ignore[arg-type]
+    return record.STRUCT.format.lstrip("<"), names.index(name)
 
 
 def offset_of(record: type[Record], name: str) -> int:
-    """A field's byte offset in its C struct: the records' formats are little-endian with
-    standard sizes (no padding) and one format character per field, in field order."""
-    names = [f.name for f in dataclasses.fields(record)]  # type: ignore[arg-type]
-    return struct.calcsize("<" + record.STRUCT.format.lstrip("<")[: names.index(name)])
+    """A field's byte offset in its C struct."""
+    codes, index = _field_codes(record, name)
+    return struct.calcsize("<" + codes[:index])
+
+
+def field_struct(record: type[Record], name: str) -> struct.Struct:
+    """One field's own format, to read it alone from guest RAM."""
+    codes, index = _field_codes(record, name)
+    return struct.Struct("<" + codes[index])
 
 
 LINGER_OFFSET = offset_of(Mailbox, "linger")
 OP_OFFSET = offset_of(Mailbox, "op")  # the doorbell: written after every other field
 SEQ_OFFSET = offset_of(Mailbox, "seq")
 RESULT_OFFSET = offset_of(Mailbox, "result")
+RESULT_FIELD = field_struct(Mailbox, "result")
 
 
 @dataclass(frozen=True)

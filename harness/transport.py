@@ -46,20 +46,17 @@ TRANSPORTS = ("doorbell", "gdb")
 # The doorbell orders the mailbox's fields before op by writing them first: that holds where
 # stores become visible in program order (x86's TSO), not on weaker hosts (Arm, POWER).
 DOORBELL_HOSTS = ("x86_64", "amd64", "i386", "i686")
-
-
-def doorbell_host() -> bool:
-    """This host orders plain stores as the doorbell needs (see DOORBELL_HOSTS)."""
-    return platform.machine().lower() in DOORBELL_HOSTS
-
-
 IDLE_US = 10_000  # the guest polls this long for a next request before it parks by itself
 HOT_SPIN = 0.00005  # s, Python spins on the reply this long without giving up its core (a short call)
 SPIN = 0.001  # s, then spins yielding its core this long, then naps (a long call must not burn one)
 NAP_MIN = 0.00005  # s, the first nap; each one doubles up to NAP_MAX
 NAP_MAX = 0.001  # s, also how often a long call checks that QEMU and GDB live
 _WORD = struct.Struct("<I")
-_RESULT = struct.Struct("<i")
+
+
+def doorbell_host() -> bool:
+    """This host orders plain stores as the doorbell needs (see DOORBELL_HOSTS)."""
+    return platform.machine().lower() in DOORBELL_HOSTS
 
 
 class Mailboxes:
@@ -255,8 +252,8 @@ class Mailboxes:
         if self._held:
             self._let_holds_go()
         # op is clear: the result and seq are final (the dispatcher writes op last)
-        if _WORD.unpack_from(ram, addr + abi.SEQ_OFFSET)[0] == (self._seq + 1) & abi.U32:
-            return int(_RESULT.unpack_from(ram, addr + abi.RESULT_OFFSET)[0])
+        if _WORD.unpack_from(ram, addr + abi.SEQ_OFFSET)[0] == abi.next_seq(self._seq):
+            return int(abi.RESULT_FIELD.unpack_from(ram, addr + abi.RESULT_OFFSET)[0])
         if self._t.serving:
             # op cleared by a reboot (a triple fault resets the machine): the guest is on its
             # way back to harness_ready; take that stop, then say what happened

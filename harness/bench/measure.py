@@ -526,8 +526,11 @@ def _read_into_floor_rows(cells: list[Throughput], copy_ms: float | None) -> lis
     """The largest read_into against what it cannot beat, measured in this run: the guest's own
     DMA of it plus one copy out of guest RAM."""
     size = max(SIZES)
-    by_key = {(c.where, c.op): c for c in cells if c.completion == "poll" and c.mode == "dma"}
-    by_key = {k: c for k, c in by_key.items() if c.bytes_per_command == size}
+    by_key = {
+        (c.where, c.op): c
+        for c in cells
+        if c.completion == "poll" and c.mode == "dma" and c.bytes_per_command == size
+    }
     guest, e2e = by_key.get(("guest", "read")), by_key.get(("end to end", "read"))
     if guest is None or e2e is None or copy_ms is None:
         return []
