@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, rule, run_state_machine_as_test
 
 from harness import AtaCode, AtaError, DiskImage, Fault, Machine
-from harness.portio.protocol import check, hardware_resets, render_text
 from harness.pytest_plugin import MachineFactory
 
 pytestmark = pytest.mark.qemu
@@ -403,26 +402,3 @@ def test_bad_input_touches_no_port(machine: Machine) -> None:
     with m.watch_ports("primary") as io:
         m.ata.read(0, 0, 1, mode="pio")
     assert io.events, "the same watch does see a real transfer"
-
-
-def test_every_kind_of_call_with_its_data_words_breaks_no_rule(machine: Machine) -> None:
-    """The plugin's record leaves the data-port words out, so the rules on them (DRQ before
-    the data port, whole blocks, the completion poll after a write) are judged here, on one
-    call of each kind recorded in full: a driver that read IDENTIFY's data without waiting for
-    DRQ would pass QEMU, which has it ready at once."""
-    m = machine
-    data = pattern(9, 17)
-    with m.device_trace() as dev:
-        m.ata.identify(0)
-        m.ata.write(0, 40, data, mode="pio")
-        assert m.ata.read(0, 40, 17, mode="pio") == data
-        m.ata.write(0, 80, data, mode="dma")
-        assert m.ata.read(0, 80, 17, mode="dma") == data
-        m.ata.flush(0)
-        m.ata.set_write_cache(0, False)
-        m.ata.set_write_cache(0, True)
-        m.ata.reset_channel(0)
-        assert m.ata.read(0, 40, 1, mode="pio") == data[:SECTOR]
-    assert any(e.register == "primary Data" for e in dev.events), "the data words are in the record"
-    found = check(dev.events, port_map=m.ports.port_map(), hardware_resets=hardware_resets(dev.actions))
-    assert found == [], render_text(found)
